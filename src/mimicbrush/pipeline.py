@@ -1,0 +1,324 @@
+"""MimicBrushPipeline: repaint a masked region of a source image by imitating a reference image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from . import imaging
+from .errors import InputError
+from .models.depth import DepthGuider, estimate_depth
+from .models.image_encoder import ImageProjection, penultimate_hidden_states
+from .models.reference_attention import ReferenceBank, attach_reference_attention, run_reference_unet
+
+
+@dataclass
+class MimicBrushPipelineOutput(BaseOutput):
+    """images: the edits pasted back at the source's own size; model_images: the model's square
+    output before paste-back; depth_images: the source's depth map (None without shape control)."""
+
+    images: list[PIL.Image.Image]
+    model_images: list[PIL.Image.Image]
+    depth_images: list[PIL.Image.Image | None]
+
+
+@dataclass
+class EditInputs:
+    """Everything the models need from one (source, mask, reference) triple, as arrays."""
+
+    source: np.ndarray  # H×W×3 uint8, the user's image
+    mask: np.ndarray  # H×W {0,1}
+    collage_pixels: np.ndarray  # 1×3×R×R in [-1, 1]: padded source, masked region black
+    reference_pixels: np.ndarray | None  # 1×3×R×R in [-1, 1]
+    clip_pixels: np.ndarray | None  # 1×3×224×224, CLIP-normalised
+    depth_pixels: np.ndarray  # 1×3×518×518, ImageNet-normalised /255
+    model_mask: np.ndarray  # 1×1×R×R {0,1}
+
+
+class MimicBrushPipeline(DiffusionPipeline):
+    """Dual-U-Net reference imitation (Chen et al., 2024).
+
+    Components: `unet` (imitative, 13 input channels), `reference_unet`, `vae`, `image_encoder`
+    (CLIP vision tower or any module giving penultimate tokens) with `image_proj`,
+    `depth_estimator` with `depth_guider`, and a DDIM `scheduler`.
+    """
+
+    model_cpu_offload_seq = "image_encoder->image_proj->depth_estimator->depth_guider->vae->reference_unet->unet"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        reference_unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        image_encoder: nn.Module,
+        image_proj: ImageProjection,
+        depth_estimator: nn.Module,
+        depth_guider: DepthGuider,
+        scheduler: DDIMScheduler,
+        depth_input_size: int = 518,
+    ):
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            reference_unet=reference_unet,
+            vae=vae,
+            image_encoder=image_encoder,
+            image_proj=image_proj,
+            depth_estimator=depth_estimator,
+            depth_guider=depth_guider,
+            scheduler=scheduler,
+        )
+        self.register_to_config(depth_input_size=depth_input_size)
+        self.bank = ReferenceBank()
+        attach_reference_attention(reference_unet, unet, self.bank)
+        self._unconditional_embeds: torch.Tensor | None = None
+
+    # -----------------------------------------------------------------------------------------
+    # Loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "MimicBrushPipeline":
+        """Load from a release-layout folder, our own folder, or a hub id of either.
+
+        kwargs: `torch_dtype` (default float32) and, for our own format, anything diffusers'
+        `DiffusionPipeline.from_pretrained` accepts.
+        """
+        from .weights import load_release_components, resolve_model
+
+        kind, location = resolve_model(pretrained_model_name_or_path)
+        dtype = kwargs.pop("torch_dtype", None) or torch.float32
+        if kind == "release":
+            return cls(**load_release_components(location, dtype))
+        return super().from_pretrained(location, torch_dtype=dtype, **kwargs)
+
+    @property
+    def resolution(self) -> int:
+        """Side of the square the model edits at (512 for SD-1.5)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def clip_input_size(self) -> int:
+        return getattr(self.image_encoder.config, "image_size", 224)
+
+    # -----------------------------------------------------------------------------------------
+    # The edit
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        source_image,
+        mask_image,
+        reference_image=None,
+        keep_shape: bool = False,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        generator: torch.Generator | None = None,
+        faithful: bool = False,
+        zoom: str = "off",
+        callback_on_step_end=None,
+        return_dict: bool = True,
+    ) -> MimicBrushPipelineOutput | tuple:
+        """Edit `source_image` inside `mask_image` by imitating `reference_image`.
+
+        source_image / reference_image: path, PIL image or H×W×3 uint8 array. mask_image: the
+        same, or a box "x0,y0,x1,y1"; > 128 means edit. reference_image=None runs the
+        unconditional branch alone (the "no reference" ablation). keep_shape: depth shape
+        control (texture transfer). guidance_scale == 1 skips the unconditional row.
+        faithful: the release's compute pattern (same result, slower; for measurement).
+        """
+        self.check_inputs(num_inference_steps, guidance_scale, zoom)
+        inputs = self.prepare_inputs(source_image, mask_image, reference_image)
+        use_reference = inputs.reference_pixels is not None
+        rows = self.guidance_rows(use_reference, guidance_scale)
+        embeds = self.encode_reference(inputs.clip_pixels, rows)
+        depth_feature, depth_map = self.encode_depth(inputs.depth_pixels, keep_shape)
+        reference_latents, latents, masked_latents = self.prepare_latents(inputs, generator)
+        latents = self.denoise(
+            latents, reference_latents, masked_latents, inputs.model_mask, depth_feature, embeds, rows,
+            num_inference_steps, guidance_scale, faithful, callback_on_step_end,
+        )
+        model_image = self.decode_latents(latents)
+        image = imaging.paste_back(model_image, inputs.source, inputs.mask)
+
+        outputs = (
+            [PIL.Image.fromarray(image)],
+            [PIL.Image.fromarray(model_image)],
+            [self.depth_preview(depth_map, inputs.source.shape) if keep_shape else None],
+        )
+        return MimicBrushPipelineOutput(*outputs) if return_dict else outputs
+
+    # -----------------------------------------------------------------------------------------
+    # Steps
+
+    @staticmethod
+    def check_inputs(num_inference_steps: int, guidance_scale: float, zoom: str) -> None:
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
+            raise InputError(f"steps must be an integer from 1 to 1000, got {num_inference_steps!r}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise InputError(f"guidance must be a finite number >= 0, got {guidance_scale!r}")
+        if zoom != "off":
+            raise InputError(f"zoom {zoom!r} is not available in this version (only 'off')")
+
+    def prepare_inputs(self, source_image, mask_image, reference_image) -> EditInputs:
+        """Load and validate the images, pad to squares and build each model's input arrays."""
+        source = np.asarray(imaging.load_image(source_image, "source image"))
+        height, width = source.shape[:2]
+        mask = imaging.binary_mask(imaging.load_mask(mask_image, (width, height)))
+        padded_source = imaging.pad_to_square(source, fill=255)
+        padded_mask = imaging.pad_to_square(mask, fill=0)
+        resolution = self.resolution
+        reference_pixels = clip_pixels = None
+        if reference_image is not None:
+            reference = np.asarray(imaging.load_image(reference_image, "reference image"))
+            padded_reference = imaging.pad_to_square(reference, fill=255)
+            reference_pixels = imaging.to_model_pixels(padded_reference, resolution)
+            clip_pixels = imaging.to_clip_pixels(padded_reference, self.clip_input_size)
+        return EditInputs(
+            source=source,
+            mask=mask,
+            collage_pixels=imaging.to_model_pixels(imaging.make_collage(padded_source, padded_mask), resolution),
+            reference_pixels=reference_pixels,
+            clip_pixels=clip_pixels,
+            depth_pixels=imaging.to_depth_pixels(padded_source, self.config.depth_input_size),
+            model_mask=imaging.to_model_mask(padded_mask, resolution),
+        )
+
+    @staticmethod
+    def guidance_rows(use_reference: bool, guidance_scale: float) -> list[str]:
+        """Which rows the imitative U-Net runs, in batch order (the release's: uncond, cond)."""
+        if not use_reference:
+            return ["uncond"]
+        if guidance_scale == 1.0:
+            return ["cond"]  # ε_u + 1·(ε_c − ε_u) = ε_c
+        return ["uncond", "cond"]
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self._execution_device, self.unet.dtype)
+
+    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected penultimate tokens of the image encoder (B×257×D)."""
+        pixel_values = pixel_values.to(self._execution_device, self.image_encoder.dtype)
+        tokens = penultimate_hidden_states(self.image_encoder, pixel_values)
+        return self.image_proj(tokens.to(self.image_proj.dtype))
+
+    def encode_reference(self, clip_pixels: np.ndarray | None, rows: list[str]) -> torch.Tensor:
+        """Cross-attention context per row: the reference's embeds (cond) or those of an all-zero
+        CLIP input (uncond), which never change and so are computed once."""
+        embeds = []
+        for row in rows:
+            if row == "cond":
+                embeds.append(self.image_embeds(torch.from_numpy(clip_pixels)))
+            else:
+                if self._unconditional_embeds is None or self._unconditional_embeds.device != self._execution_device:
+                    size = self.clip_input_size
+                    self._unconditional_embeds = self.image_embeds(torch.zeros(1, 3, size, size))
+                embeds.append(self._unconditional_embeds)
+        return torch.cat(embeds).to(self.unet.dtype)
+
+    def encode_depth(self, depth_pixels: np.ndarray, keep_shape: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth feature (1×4×h×w). Without shape control the depth input is zeroed, as in
+        training, but still goes through both networks (the feature is not zero)."""
+        pixels = torch.from_numpy(depth_pixels if keep_shape else np.zeros_like(depth_pixels))
+        pixels = pixels.to(self._execution_device, self.depth_estimator.dtype)
+        depth_map = estimate_depth(self.depth_estimator, pixels)
+        feature = self.depth_guider(depth_map.to(self.depth_guider.dtype), self.resolution)
+        return feature.to(self.unet.dtype), depth_map
+
+    def _posterior_sample(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+        """Scaled VAE posterior sample; the noise is drawn in float32 from `generator` on the CPU
+        so a seed gives the same edit on every device and dtype."""
+        distribution = self.vae.encode(self._tensor(pixels).to(self.vae.dtype)).latent_dist
+        noise = torch.randn(distribution.mean.shape, generator=generator, dtype=torch.float32)
+        mean, std = distribution.mean.float(), distribution.std.float()
+        sample = mean + std * noise.to(mean.device)
+        return (sample * self.vae.config.scaling_factor).to(self.unet.dtype)
+
+    def prepare_latents(self, inputs: EditInputs, generator: torch.Generator | None):
+        """Three draws from one generator, in the release's order: reference posterior, initial
+        noise, collage posterior. Without a reference the first draw is still made, so the
+        no-reference ablation starts from the same noise."""
+        latent_size = self.resolution // self.vae_scale_factor
+        shape = (1, self.vae.config.latent_channels, latent_size, latent_size)
+        if inputs.reference_pixels is not None:
+            reference_latents = self._posterior_sample(inputs.reference_pixels, generator)
+        else:
+            torch.randn(shape, generator=generator, dtype=torch.float32)
+            reference_latents = None
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = (noise * self.scheduler.init_noise_sigma).to(self._execution_device, self.unet.dtype)
+        masked_latents = self._posterior_sample(inputs.collage_pixels, generator)
+        return reference_latents, latents, masked_latents
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        reference_latents: torch.Tensor | None,
+        masked_latents: torch.Tensor,
+        model_mask: np.ndarray,
+        depth_feature: torch.Tensor,
+        embeds: torch.Tensor,
+        rows: list[str],
+        num_inference_steps: int,
+        guidance_scale: float,
+        faithful: bool = False,
+        callback_on_step_end=None,
+    ) -> torch.Tensor:
+        """The DDIM loop. Each step: reference U-Net fills the bank → imitative U-Net reads it
+        for the conditional row → guidance → scheduler step."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        mask = torch.nn.functional.interpolate(self._tensor(model_mask), size=latents.shape[-2:], mode="nearest")
+        condition = torch.cat([mask, masked_latents, depth_feature], dim=1).repeat(len(rows), 1, 1, 1)
+        use_reference = reference_latents is not None
+        if use_reference:
+            # fast path: the reference U-Net runs for the rows that read it; the release ran it
+            # for every row and attended over the bank in every row
+            reference_rows = list(range(len(rows))) if faithful else [rows.index("cond")]
+            reference_input = reference_latents.repeat(len(reference_rows), 1, 1, 1)
+            reference_embeds = embeds[reference_rows]
+        try:
+            for step, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                self.bank.clear()
+                if use_reference:
+                    run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
+                                       self.bank, run_to_end=faithful)
+                    self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
+                    self.bank.faithful = faithful
+                model_input = torch.cat([latents.repeat(len(rows), 1, 1, 1), condition], dim=1)
+                noise_pred = self.unet(model_input, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+                if len(rows) == 2:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    values = callback_on_step_end(self, step, timestep, {"latents": latents, "noise_pred": noise_pred})
+                    latents = (values or {}).get("latents", latents)
+        finally:
+            self.bank.clear()
+            self.bank.faithful = False
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """R×R×3 uint8 image of the final latents."""
+        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return imaging.to_uint8_image(decoded[0].float().cpu().numpy())
+
+    @staticmethod
+    def depth_preview(depth_map: torch.Tensor, source_shape: tuple[int, ...]) -> PIL.Image.Image:
+        """The depth map as an 8-bit image at the source's size (padding cropped away)."""
+        depth = depth_map[0, 0].float().cpu().numpy()
+        depth = (depth - depth.min()) / max(float(depth.max() - depth.min()), 1e-8)
+        height, width = source_shape[:2]
+        padding = imaging.SquarePadding(width, height)
+        square = PIL.Image.fromarray((depth * 255).astype(np.uint8)).resize((padding.side, padding.side), PIL.Image.BILINEAR)
+        return PIL.Image.fromarray(padding.crop(np.asarray(square)))

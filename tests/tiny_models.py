@@ -1,0 +1,64 @@
+"""Tiny MimicBrush components (32–64 channels, random weights, fixed seed) for fast tests."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+from mimicbrush import DepthGuider, ImageProjection, MimicBrushPipeline
+from mimicbrush.scheduling import release_scheduler
+
+CROSS_ATTENTION_DIM = 32
+
+
+def tiny_unet(in_channels: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def tiny_components(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=32, sample_size=32,
+    )
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=16,
+    ))
+    depth_estimator = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+        backbone_config=Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=14,
+                                     image_size=28, out_indices=[1, 2, 3, 4], apply_layernorm=True,
+                                     reshape_hidden_states=False),
+        patch_size=14, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+        head_hidden_size=8,
+    ))
+    return dict(
+        unet=tiny_unet(13),
+        reference_unet=tiny_unet(4),
+        vae=vae,
+        image_encoder=image_encoder,
+        image_proj=ImageProjection(32, CROSS_ATTENTION_DIM),
+        depth_estimator=depth_estimator,
+        depth_guider=DepthGuider(block_out_channels=(8, 16), resolution=32),
+        scheduler=release_scheduler(),
+        depth_input_size=28,
+    )
+
+
+def tiny_pipeline(seed: int = 0) -> MimicBrushPipeline:
+    pipe = MimicBrushPipeline(**{k: v.eval() if hasattr(v, "eval") else v for k, v in tiny_components(seed).items()})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
