@@ -96,7 +96,7 @@ class MimicBrushPipeline(DiffusionPipeline):
         dtype = kwargs.pop("torch_dtype", None) or torch.float32
         if kind == "release":
             return cls(**load_release_components(location, dtype))
-        return super().from_pretrained(location, torch_dtype=dtype, **kwargs)
+        return super().from_pretrained(location, dtype=dtype, **kwargs)
 
     @property
     def resolution(self) -> int:
