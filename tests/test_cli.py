@@ -1,0 +1,105 @@
+"""The `mimicbrush` command line: edit end to end on a tiny model, and its error contract."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimicbrush.cli import main
+from tiny_models import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_pipeline().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(1)
+    source = tmp_path / "source.png"
+    reference = tmp_path / "reference.jpg"
+    mask = tmp_path / "mask.png"
+    Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(source)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(reference)
+    mask_array = np.zeros((36, 48), np.uint8)
+    mask_array[8:20, 10:30] = 255
+    Image.fromarray(mask_array).save(mask)
+    return source, mask, reference
+
+
+def test_edit_writes_png_with_metadata_and_depth(model, files, tmp_path, capsys):
+    source, mask, reference = files
+    out, depth = tmp_path / "out.png", tmp_path / "depth.png"
+    code = main(["edit", str(source), "--mask", str(mask), "--reference", str(reference), "-o", str(out),
+                 "--model", str(model), "--steps", "2", "--seed", "3", "--keep-shape", "--depth-out", str(depth)])
+    assert code == 0
+    assert capsys.readouterr().out.split() == [str(out), str(depth)]
+    image = Image.open(out)
+    assert image.size == (48, 36)
+    assert image.text["seed"] == "3" and image.text["steps"] == "2" and image.text["keep_shape"] == "True"
+    assert Image.open(depth).size == (48, 36)
+
+
+def test_edit_refuses_to_overwrite_without_force(model, files, tmp_path, capsys):
+    source, mask, reference = files
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    args = ["edit", str(source), "--mask", str(mask), "--reference", str(reference), "-o", str(out),
+            "--model", str(model), "--steps", "1", "--seed", "0"]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main(args + ["--force"]) == 0
+    assert Image.open(out).size == (48, 36)
+
+
+def test_random_seed_is_printed_and_stored(model, files, tmp_path, capsys):
+    source, _, reference = files
+    out = tmp_path / "boxed.png"
+    assert main(["edit", str(source), "--mask", "5,5,20,20", "--no-reference", "-o", str(out),
+                 "--model", str(model), "--steps", "1"]) == 0
+    printed = capsys.readouterr().err
+    seed = Image.open(out).text["seed"]
+    assert f"seed: {seed}" in printed
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--mask": "0,0,1000,10"}, "outside"),
+        ({"--reference": "missing.png"}, "not found"),
+        ({"--model": "/no/such/model"}, "not found"),
+        ({"--steps": "0"}, "steps"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(model, files, tmp_path, change, message):
+    source, mask, reference = files
+    options = {"--mask": str(mask), "--reference": str(reference), "-o": str(tmp_path / "o.png"),
+               "--model": str(model), "--steps": "1"}
+    options.update(change)
+    argv = [sys.executable, "-m", "mimicbrush", "edit", str(source)] + [x for kv in options.items() for x in kv]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_empty_mask_file_is_refused(model, files, tmp_path, capsys):
+    source, _, reference = files
+    empty = tmp_path / "empty_mask.png"
+    Image.new("L", (48, 36)).save(empty)
+    assert main(["edit", str(source), "--mask", str(empty), "--reference", str(reference),
+                 "-o", str(tmp_path / "x.png"), "--model", str(model)]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_help_lists_the_contract_commands():
+    result = subprocess.run([sys.executable, "-m", "mimicbrush", "--help"], capture_output=True, text=True)
+    for command in ("edit", "convert", "data"):
+        assert command in result.stdout
