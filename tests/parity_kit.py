@@ -60,8 +60,8 @@ def run_case(pipe, case: dict, **call_kwargs) -> dict[str, np.ndarray]:
     ]
     prepare_latents = pipe.prepare_latents
 
-    def capture_latents(inputs, generator):
-        reference_latents, latents, masked_latents = prepare_latents(inputs, generator)
+    def capture_latents(inputs, *args):
+        reference_latents, latents, masked_latents = prepare_latents(inputs, *args)
         keep("reference_latents", reference_latents)
         keep("init_noise", latents)
         keep("masked_image_latents", masked_latents)

@@ -40,11 +40,22 @@ def default_model() -> Path:
     return bundled
 
 
-def load_pipeline(model: str | Path | None = None, device: str = "auto", dtype: str = "auto"):
-    """A ready MimicBrushPipeline on `device` (progress bars on stderr)."""
+def load_pipeline(
+    model: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    offload: str = "none",
+    compiled: bool = False,
+):
+    """A ready MimicBrushPipeline on `device` (progress bars on stderr); see acceleration.py for
+    `offload` (none, model, sequential) and `compiled`."""
+    from .acceleration import compile_unets, place_pipeline
     from .pipeline import MimicBrushPipeline
 
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     pipe = MimicBrushPipeline.from_pretrained(model if model is not None else default_model(), torch_dtype=torch_dtype)
-    return pipe.to(target)
+    pipe = place_pipeline(pipe, target, offload)
+    if compiled:
+        compile_unets(pipe)
+    return pipe

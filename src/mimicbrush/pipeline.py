@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from . import imaging
+from . import editing, imaging
 from .errors import InputError
 from .models.depth import DepthGuider, estimate_depth
 from .models.image_encoder import ImageProjection, penultimate_hidden_states
@@ -78,7 +78,9 @@ class MimicBrushPipeline(DiffusionPipeline):
         self.register_to_config(depth_input_size=depth_input_size)
         self.bank = ReferenceBank()
         attach_reference_attention(reference_unet, unet, self.bank)
-        self._unconditional_embeds: torch.Tensor | None = None
+        self.reference_unet_runs_to_end = False  # set when the U-Nets are compiled
+        # model outputs that are the same for every edit, cached per (weights, device, dtype)
+        self._constant_outputs: dict[tuple, object] = {}
 
     # -----------------------------------------------------------------------------------------
     # Loading
@@ -125,7 +127,11 @@ class MimicBrushPipeline(DiffusionPipeline):
         guidance_scale: float = 5.0,
         generator: torch.Generator | None = None,
         faithful: bool = False,
+        resolution: int | None = None,
         zoom: str = "off",
+        reference_box=None,
+        zoom_margin: float = editing.DEFAULT_ZOOM_MARGIN,
+        zoom_threshold: float = editing.DEFAULT_ZOOM_THRESHOLD,
         callback_on_step_end=None,
         return_dict: bool = True,
     ) -> MimicBrushPipelineOutput | tuple:
@@ -136,14 +142,29 @@ class MimicBrushPipeline(DiffusionPipeline):
         unconditional branch alone (the "no reference" ablation). keep_shape: depth shape
         control (texture transfer). guidance_scale == 1 skips the unconditional row.
         faithful: the release's compute pattern (same result, slower; for measurement).
+        resolution: the square side the model edits at (a multiple of 64; default the model's
+        native one, 512 for the release).
+        zoom="auto" edits small regions on a crop around each; reference_box (a box or mask on
+        the reference) restricts what the reference offers; see editing.py. The output then also
+        lists the regions edited.
         """
-        self.check_inputs(num_inference_steps, guidance_scale, zoom)
-        inputs = self.prepare_inputs(source_image, mask_image, reference_image)
+        resolution = resolution or self.resolution
+        self.check_inputs(num_inference_steps, guidance_scale, resolution)
+        if zoom != "off" or reference_box is not None:
+            output = editing.zoomed_edit(
+                self, source_image, mask_image, reference_image, reference_box,
+                zoom=zoom, margin=zoom_margin, threshold=zoom_threshold,
+                keep_shape=keep_shape, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                generator=generator, faithful=faithful, resolution=resolution,
+                callback_on_step_end=callback_on_step_end,
+            )
+            return output if return_dict else (output.images, output.model_images, output.depth_images)
+        inputs = self.prepare_inputs(source_image, mask_image, reference_image, resolution)
         use_reference = inputs.reference_pixels is not None
         rows = self.guidance_rows(use_reference, guidance_scale)
         embeds = self.encode_reference(inputs.clip_pixels, rows)
-        depth_feature, depth_map = self.encode_depth(inputs.depth_pixels, keep_shape)
-        reference_latents, latents, masked_latents = self.prepare_latents(inputs, generator)
+        depth_feature, depth_map = self.encode_depth(inputs.depth_pixels, keep_shape, resolution)
+        reference_latents, latents, masked_latents = self.prepare_latents(inputs, generator, resolution)
         latents = self.denoise(
             latents, reference_latents, masked_latents, inputs.model_mask, depth_feature, embeds, rows,
             num_inference_steps, guidance_scale, faithful, callback_on_step_end,
@@ -161,23 +182,22 @@ class MimicBrushPipeline(DiffusionPipeline):
     # -----------------------------------------------------------------------------------------
     # Steps
 
-    @staticmethod
-    def check_inputs(num_inference_steps: int, guidance_scale: float, zoom: str) -> None:
+    def check_inputs(self, num_inference_steps: int, guidance_scale: float, resolution: int) -> None:
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
             raise InputError(f"steps must be an integer from 1 to 1000, got {num_inference_steps!r}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise InputError(f"guidance must be a finite number >= 0, got {guidance_scale!r}")
-        if zoom != "off":
-            raise InputError(f"zoom {zoom!r} is not available in this version (only 'off')")
+        multiple = self.vae_scale_factor * 8  # the U-Net halves the latent three times
+        if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
+            raise InputError(f"resolution must be a positive multiple of {multiple}, got {resolution!r}")
 
-    def prepare_inputs(self, source_image, mask_image, reference_image) -> EditInputs:
+    def prepare_inputs(self, source_image, mask_image, reference_image, resolution: int) -> EditInputs:
         """Load and validate the images, pad to squares and build each model's input arrays."""
         source = np.asarray(imaging.load_image(source_image, "source image"))
         height, width = source.shape[:2]
         mask = imaging.binary_mask(imaging.load_mask(mask_image, (width, height)))
         padded_source = imaging.pad_to_square(source, fill=255)
         padded_mask = imaging.pad_to_square(mask, fill=0)
-        resolution = self.resolution
         reference_pixels = clip_pixels = None
         if reference_image is not None:
             reference = np.asarray(imaging.load_image(reference_image, "reference image"))
@@ -220,20 +240,41 @@ class MimicBrushPipeline(DiffusionPipeline):
             if row == "cond":
                 embeds.append(self.image_embeds(torch.from_numpy(clip_pixels)))
             else:
-                if self._unconditional_embeds is None or self._unconditional_embeds.device != self._execution_device:
-                    size = self.clip_input_size
-                    self._unconditional_embeds = self.image_embeds(torch.zeros(1, 3, size, size))
-                embeds.append(self._unconditional_embeds)
+                size = self.clip_input_size
+                embeds.append(self._constant(
+                    "unconditional_embeds", (self.image_encoder, self.image_proj),
+                    lambda: self.image_embeds(torch.zeros(1, 3, size, size)),
+                ))
         return torch.cat(embeds).to(self.unet.dtype)
 
-    def encode_depth(self, depth_pixels: np.ndarray, keep_shape: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Depth feature (1×4×h×w). Without shape control the depth input is zeroed, as in
-        training, but still goes through both networks (the feature is not zero)."""
-        pixels = torch.from_numpy(depth_pixels if keep_shape else np.zeros_like(depth_pixels))
-        pixels = pixels.to(self._execution_device, self.depth_estimator.dtype)
-        depth_map = estimate_depth(self.depth_estimator, pixels)
-        feature = self.depth_guider(depth_map.to(self.depth_guider.dtype), self.resolution)
-        return feature.to(self.unet.dtype), depth_map
+    def encode_depth(
+        self, depth_pixels: np.ndarray, keep_shape: bool, resolution: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth feature (1×4×h×w) and depth map. Without shape control the depth input is
+        zeroed, as in training; the feature of that all-zero input is not zero, but it is the same
+        for every edit, so it is computed once per resolution."""
+        def run(pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            pixels = torch.from_numpy(pixels).to(self._execution_device, self.depth_estimator.dtype)
+            depth_map = estimate_depth(self.depth_estimator, pixels)
+            feature = self.depth_guider(depth_map.to(self.depth_guider.dtype), resolution)
+            return feature.to(self.unet.dtype), depth_map
+
+        if keep_shape:
+            return run(depth_pixels)
+        return self._constant(
+            f"shapeless_depth_{resolution}", (self.depth_estimator, self.depth_guider),
+            lambda: run(np.zeros_like(depth_pixels)),
+        )
+
+    def _constant(self, name: str, modules: tuple[nn.Module, ...], compute):
+        """`compute()` once per weights/device/dtype (in-place weight updates, as in training,
+        bump the parameters' version counters and so invalidate the cache)."""
+        weights_version = sum(p._version for module in modules for p in module.parameters())
+        key = (name, weights_version, str(self._execution_device), self.unet.dtype)
+        if key not in self._constant_outputs:
+            self._constant_outputs = {k: v for k, v in self._constant_outputs.items() if k[0] != name}
+            self._constant_outputs[key] = compute()
+        return self._constant_outputs[key]
 
     def _posterior_sample(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
         """Scaled VAE posterior sample; the noise is drawn in float32 from `generator` on the CPU
@@ -244,11 +285,11 @@ class MimicBrushPipeline(DiffusionPipeline):
         sample = mean + std * noise.to(mean.device)
         return (sample * self.vae.config.scaling_factor).to(self.unet.dtype)
 
-    def prepare_latents(self, inputs: EditInputs, generator: torch.Generator | None):
+    def prepare_latents(self, inputs: EditInputs, generator: torch.Generator | None, resolution: int):
         """Three draws from one generator, in the release's order: reference posterior, initial
         noise, collage posterior. Without a reference the first draw is still made, so the
         no-reference ablation starts from the same noise."""
-        latent_size = self.resolution // self.vae_scale_factor
+        latent_size = resolution // self.vae_scale_factor
         shape = (1, self.vae.config.latent_channels, latent_size, latent_size)
         if inputs.reference_pixels is not None:
             reference_latents = self._posterior_sample(inputs.reference_pixels, generator)
@@ -291,7 +332,7 @@ class MimicBrushPipeline(DiffusionPipeline):
                 self.bank.clear()
                 if use_reference:
                     run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
-                                       self.bank, run_to_end=faithful)
+                                       self.bank, run_to_end=faithful or self.reference_unet_runs_to_end)
                     self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
                     self.bank.faithful = faithful
                 model_input = torch.cat([latents.repeat(len(rows), 1, 1, 1), condition], dim=1)

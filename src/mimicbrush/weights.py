@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -61,13 +62,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as error:
         raise WeightsError(
             f"refusing to load {path}: it is not a plain tensor checkpoint "
-            f"(weights_only=True rejected it: {str(error).splitlines()[0]})"
+            f"(weights_only=True rejected it: {_first_line(error)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise WeightsError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # a damaged file surfaces as many types (RuntimeError, EOFError, KeyError, …)
+        raise WeightsError(f"cannot read {path}: {_first_line(error)}") from None
     if not isinstance(state, Mapping):
         raise WeightsError(f"{path} does not hold a dict of tensors")
     return dict(state)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def read_config(path: Path) -> dict:
@@ -264,47 +269,47 @@ def load_release_components(root: str | Path, dtype: torch.dtype = torch.float32
 
     root = Path(root)
     checkpoint_path = root / RELEASE_CHECKPOINT
-    checkpoint = read_state_dict(checkpoint_path)
-    missing = [entry for entry in RELEASE_ENTRIES if entry not in checkpoint]
+    entries = set(read_state_dict(checkpoint_path))
+    missing = [entry for entry in RELEASE_ENTRIES if entry not in entries]
     if missing:
         raise WeightsError(f"{checkpoint_path}: missing entry {missing[0]!r} (expected {', '.join(RELEASE_ENTRIES)})")
 
-    def source(entry: str) -> str:
-        return f"{checkpoint_path}[{entry!r}]"
+    def fill(module, entry: str, **checks):
+        # the pickle is memory-mapped afresh for each entry and unmapped after it, so only one
+        # entry's pages are resident at a time beside the converted weights
+        state = read_state_dict(checkpoint_path)[entry]
+        return fill_module(module, state, f"{checkpoint_path}[{entry!r}]", dtype, **checks)
 
     # U-Nets: configs from the SD folders, weights from the checkpoint
     unet_config = read_config(root / "stable-diffusion-inpainting" / "unet" / "config.json")
     unet_config["in_channels"] = 13
-    unet = build_empty(lambda: UNet2DConditionModel.from_config(unet_config))
-    fill_module(unet, checkpoint["unet"], source("unet"), dtype)
+    unet = fill(build_empty(lambda: UNet2DConditionModel.from_config(unet_config)), "unet")
 
     reference_config = read_config(root / "stable-diffusion-v1-5" / "unet" / "config.json")
-    reference_unet = build_empty(lambda: UNet2DConditionModel.from_config(reference_config))
-    fill_module(reference_unet, checkpoint["referencenet"], source("referencenet"), dtype, REFERENCE_UNET_UNUSED)
+    reference_unet = fill(build_empty(lambda: UNet2DConditionModel.from_config(reference_config)), "referencenet",
+                          allowed_missing=REFERENCE_UNET_UNUSED)
 
     clip_config = CLIPVisionConfig.from_dict(read_config(root / "image_encoder" / "config.json"))
-    image_encoder = build_empty(lambda: CLIPVisionModelWithProjection(clip_config))
-    fill_module(image_encoder, checkpoint["image_encoder"], source("image_encoder"), dtype,
-                ignored_unexpected=CLIP_DROPPED_KEYS)
+    image_encoder = fill(build_empty(lambda: CLIPVisionModelWithProjection(clip_config)), "image_encoder",
+                         ignored_unexpected=CLIP_DROPPED_KEYS)
 
-    projector = checkpoint["image_proj"].get("projector.weight")
+    heads = {entry: read_state_dict(checkpoint_path)[entry] for entry in ("image_proj", "depth_guider")}
+    projector = heads["image_proj"].get("projector.weight")
     if projector is None:
-        raise WeightsError(f"{source('image_proj')}: missing key 'projector.weight'")
-    image_proj = build_empty(lambda: ImageProjection(projector.shape[1], projector.shape[0]))
-    fill_module(image_proj, checkpoint["image_proj"], source("image_proj"), dtype)
+        raise WeightsError(f"{checkpoint_path}['image_proj']: missing key 'projector.weight'")
+    image_proj = fill(build_empty(lambda: ImageProjection(projector.shape[1], projector.shape[0])), "image_proj")
 
-    guider_state = checkpoint["depth_guider"]
+    guider_state = heads["depth_guider"]
     num_blocks = sum(1 for key in guider_state if re.fullmatch(r"blocks\.\d+\.weight", key))
     # widths: conv_in's output, then each stride-2 block's (blocks 1, 3, 5)
     widths = [guider_state["conv_in.weight"].shape[0]] + [
         guider_state[f"blocks.{i}.weight"].shape[0] for i in range(1, num_blocks, 2)
     ]
     vae_scale = 2 ** (len(read_config(root / "sd-vae-ft-mse" / "config.json")["block_out_channels"]) - 1)
-    depth_guider = build_empty(
+    depth_guider = fill(build_empty(
         lambda: DepthGuider(block_out_channels=tuple(widths), resolution=unet_config["sample_size"] * vae_scale)
-    )
-    fill_module(depth_guider, guider_state, source("depth_guider"), dtype)
-    del checkpoint
+    ), "depth_guider")
+    del heads, guider_state, projector
 
     vae = load_vae(root / "sd-vae-ft-mse", dtype)
     depth_estimator = load_depth_anything_v1(find_depth_checkpoint(root), dtype)
@@ -342,7 +347,7 @@ def _snapshot(repo_id: str, allow_patterns: list[str] | None = None, revision: s
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, revision=revision))
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=allow_patterns, revision=revision))
     except LocalEntryNotFoundError:
         raise WeightsError(
             f"cannot download {repo_id!r}: no connection to the Hugging Face Hub and nothing cached. "
@@ -352,6 +357,53 @@ def _snapshot(repo_id: str, allow_patterns: list[str] | None = None, revision: s
         raise WeightsError(f"{repo_id!r} is neither a local folder nor a repository on the Hugging Face Hub") from None
     except (HfHubHTTPError, OSError) as error:
         raise WeightsError(f"cannot download {repo_id!r}: {error}") from None
+    verify_snapshot(snapshot)
+    return snapshot
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # the hub's etag of an LFS file: its sha256
+_GIT_SHA1 = re.compile(r"[0-9a-f]{40}")  # of a regular file: its git blob id
+VERIFIED_RECORDS = "mimicbrush-verified"  # beside the cache's blobs/, one record per verified blob
+
+
+def verify_snapshot(snapshot: Path) -> int:
+    """Check each file of a hub cache snapshot against the hash the hub announced for it.
+
+    huggingface_hub (2.x) checks only the size of a download. The cache names each blob by the
+    hub's etag, which is the file's sha256 (LFS files: all weights) or git blob id (small files),
+    so the check needs no network. A blob once verified is recorded with its size and mtime and
+    not hashed again. Returns how many files were hashed; a mismatch is a WeightsError naming the file.
+    """
+    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
+    storage = snapshot.parent.parent
+    records = storage / VERIFIED_RECORDS
+    hashed = 0
+    for file in sorted(path for path in snapshot.rglob("*") if path.is_file()):
+        blob = file.resolve()
+        expected = blob.name
+        if blob.parent != storage / "blobs" or not (_SHA256.fullmatch(expected) or _GIT_SHA1.fullmatch(expected)):
+            continue  # a copy, not a cache link (filesystems without symlinks): nothing to check against
+        stat = blob.stat()
+        record = records / expected
+        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+        if record.is_file() and record.read_text() == fingerprint:
+            continue
+        if hashed == 0:
+            print(f"verifying {storage.name} against the hub's hashes", file=sys.stderr)
+        with blob.open("rb") as stream:
+            actual = sha_fileobj(stream).hex() if len(expected) == 64 else git_hash(stream.read())
+        hashed += 1
+        if actual != expected:
+            algorithm = "sha256" if len(expected) == 64 else "git blob id"
+            raise WeightsError(
+                f"{file.relative_to(snapshot)} in {storage.name} does not match the hub's {algorithm}: "
+                f"expected {expected}, got {actual}. The download is corrupt or was tampered with; "
+                f"delete {blob} and run again to download it afresh"
+            )
+        records.mkdir(exist_ok=True)
+        record.write_text(fingerprint)
+    return hashed
 
 
 def download_release(repo_id: str = RELEASE_REPO, base_repo_id: str = RELEASE_BASE_REPO) -> Path:

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .. import __version__, imaging
+from .. import __version__, editing, imaging
 from ..errors import InputError
 
 
@@ -31,12 +31,23 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--no-reference", action="store_true",
                         help="the unconditional branch alone (the 'no reference' ablation)")
-    parser.add_argument("--zoom", default="off", choices=["off"], help="auto zoom-in (off: the release's behaviour)")
+    editing.add_arguments(parser)  # --zoom, --zoom-margin, --zoom-threshold, --reference-box
+    parser.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
+                        help="keep weights in CPU memory and stream them to the GPU (lower peak memory)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the U-Nets (CUDA graphs on GPU; falls back to eager if it fails)")
     parser.add_argument("--faithful", action="store_true",
                         help="the release's compute pattern (same result, slower; for measurement)")
     parser.add_argument("--depth-out", help="also write the depth preview here (with --keep-shape)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.set_defaults(func=run)
+
+
+def zoom_options(args: argparse.Namespace) -> dict:
+    """The pipeline's zoom/hint keywords from editing's command-line options."""
+    options = editing.options_from_args(args)
+    return {"zoom": options["zoom"], "reference_box": options["reference_box"],
+            "zoom_margin": options["margin"], "zoom_threshold": options["threshold"]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"seed: {seed}", file=sys.stderr)
     if args.model is None:
         print("model: the bundled demo model (pass --model for another)", file=sys.stderr)
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, offload=args.offload, compiled=args.compile)
     result = pipe(
         source_image=source,
         mask_image=mask,
@@ -72,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         generator=torch.Generator("cpu").manual_seed(seed),
         faithful=args.faithful,
+        **zoom_options(args),
     )
+    for line in editing.describe_regions(result) if hasattr(result, "regions") else []:
+        print(line, file=sys.stderr)
     metadata = {
         "mimicbrush": __version__,
         "model": str(args.model or "bundled demo model"),
@@ -82,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "keep_shape": args.keep_shape,
         "no_reference": args.no_reference,
         "zoom": args.zoom,
+        **({"reference_box": args.reference_box} if args.reference_box else {}),
         "dtype": str(pipe.unet.dtype).removeprefix("torch."),
     }
     written = [imaging.save_image(result.images[0], args.output, metadata=metadata, force=args.force)]

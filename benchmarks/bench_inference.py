@@ -1,0 +1,260 @@
+"""Inference speed and memory: the release's compute pattern against ours, in one process.
+
+Builds a MimicBrushPipeline with random weights at real SD-1.5 sizes (or `--small` for a CPU
+run), then times one edit per mode: `faithful` (the release's pattern), `fast` (our default),
+`compile` (fast + compiled U-Nets), `offload-model` and `offload-sequential` (GPU only).
+Reports median seconds per edit, ms per step, per-component ms, peak memory and the speed-up of
+each mode over `faithful`, as JSON on stdout (and in -o FILE).
+
+    python benchmarks/bench_inference.py --device cuda --dtype fp16           # the GPU figures
+    python benchmarks/bench_inference.py --small --steps 5 --modes faithful,fast   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    Dinov2Config,
+)
+
+from mimicbrush import DepthGuider, ImageProjection, MimicBrushPipeline
+from mimicbrush.acceleration import compile_unets, place_pipeline
+from mimicbrush.scheduling import release_scheduler
+
+SIZES = {
+    # the release: SD-1.5 U-Nets, sd-vae-ft-mse, OpenCLIP ViT-H/14, Depth Anything ViT-B/14
+    "full": dict(unet_widths=(320, 640, 1280, 1280), heads=8, context=768, vae_widths=(128, 256, 512, 512),
+                 vae_layers=2, clip=(1280, 32, 16, 5120), depth=(768, 12, [96, 192, 384, 768], 128), resolution=512),
+    # same structure, narrow: for a CPU run in minutes
+    "small": dict(unet_widths=(32, 64, 128, 128), heads=4, context=128, vae_widths=(32, 64, 64, 64),
+                  vae_layers=1, clip=(256, 4, 4, 512), depth=(192, 4, [48, 96, 192, 192], 32), resolution=256),
+}
+
+
+def build_components(size: dict) -> dict:
+    def unet(in_channels: int) -> UNet2DConditionModel:
+        return UNet2DConditionModel(
+            in_channels=in_channels, block_out_channels=size["unet_widths"], layers_per_block=2,
+            cross_attention_dim=size["context"], attention_head_dim=size["heads"],
+            sample_size=size["resolution"] // 8,
+        )
+
+    hidden, layers, heads, mlp = size["clip"]
+    depth_hidden, depth_layers, neck, fusion = size["depth"]
+    return dict(
+        unet=unet(13),
+        reference_unet=unet(4),
+        vae=AutoencoderKL(
+            block_out_channels=size["vae_widths"], layers_per_block=size["vae_layers"], latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=32,
+        ),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
+            patch_size=14, image_size=224, projection_dim=1024,
+        )),
+        image_proj=ImageProjection(hidden, size["context"]),
+        depth_estimator=DepthAnythingForDepthEstimation(DepthAnythingConfig(
+            backbone_config=Dinov2Config(
+                hidden_size=depth_hidden, num_hidden_layers=depth_layers, num_attention_heads=depth_hidden // 64,
+                patch_size=14, image_size=518, apply_layernorm=True, reshape_hidden_states=False,
+                out_indices=list(range(depth_layers - 3, depth_layers + 1)),
+            ),
+            patch_size=14, reassemble_hidden_size=depth_hidden, neck_hidden_sizes=neck, fusion_hidden_size=fusion,
+        )),
+        depth_guider=DepthGuider(resolution=size["resolution"]),
+    )
+
+
+def random_pipeline(size: dict, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
+    """Components built on the meta device, then filled on `device` with the parity kit's kind of
+    random values (fan-in scaled weights, unit norms), so activations stay finite in fp16."""
+    with init_empty_weights():
+        components = build_components(size)
+    generator = torch.Generator(device).manual_seed(0)
+    for module in components.values():
+        module.to_empty(device=device)
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            with torch.no_grad():
+                if not tensor.is_floating_point():  # position ids (to_empty left them uninitialised)
+                    tensor.copy_(torch.arange(tensor.shape[-1], device=device).expand_as(tensor))
+                elif name.endswith(".bias") or tensor.ndim == 1 and not name.endswith("weight"):
+                    tensor.normal_(0, 0.02, generator=generator)
+                elif tensor.ndim == 1:
+                    tensor.normal_(1, 0.1, generator=generator)
+                else:
+                    tensor.normal_(0, 1 / math.sqrt(max(1, tensor[0].numel())), generator=generator)
+        module.to(dtype).eval()
+    pipe = MimicBrushPipeline(**components, scheduler=release_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def component_timer(pipe, device: torch.device, totals: dict):
+    """Add each U-Net's forward time to `totals` (synchronising, so only for a separate run)."""
+    hooks, starts = [], {}
+    for name in ("reference_unet", "unet"):
+        module = getattr(pipe, name)
+
+        def before(module, args, name=name):
+            synchronize(device)
+            starts[name] = time.perf_counter()
+
+        def after(module, args, output, name=name):
+            synchronize(device)
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts.pop(name)
+
+        hooks.append(module.register_forward_pre_hook(before))
+        hooks.append(module.register_forward_hook(after, always_call=True))  # also on early exit
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def edit_inputs(resolution: int):
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    reference = rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)
+    return dict(source_image=source, mask_image="200,120,440,360", reference_image=reference, resolution=resolution)
+
+
+def measure(pipe, device, resolution: int, steps: int, repeats: int, faithful: bool) -> dict:
+    def run(num_steps: int):
+        return pipe(**edit_inputs(resolution), num_inference_steps=num_steps, guidance_scale=5.0,
+                    generator=torch.Generator("cpu").manual_seed(1), faithful=faithful)
+
+    run(steps)  # warm-up: kernels, allocator, compilation
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        run(steps)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    # per-step cost from two step counts, so the fixed cost (encoders, VAE) is separated
+    synchronize(device)
+    start = time.perf_counter()
+    run(1)
+    synchronize(device)
+    one_step = time.perf_counter() - start
+    median = statistics.median(seconds)
+    per_step = (median - one_step) / max(steps - 1, 1)
+    components: dict[str, float] = {}
+    with component_timer(pipe, device, components):
+        run(steps)
+    result = {
+        "median_s_per_edit": round(median, 4),
+        "all_s": [round(s, 4) for s in seconds],
+        "ms_per_step": round(1000 * per_step, 2),
+        "s_outside_loop": round(one_step - per_step, 4),
+        "components_ms_per_step": {name: round(1000 * total / steps, 2) for name, total in components.items()},
+    }
+    if device.type == "cuda":
+        result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 3)
+    else:
+        result["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default fp16 on CUDA")
+    parser.add_argument("--small", action="store_true", help="narrow model (CPU-sized), resolution 256")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default="faithful,fast,compile,offload-model,offload-sequential")
+    parser.add_argument("--resolutions", default=None, help="comma list, e.g. 512,768 (default: the model's)")
+    parser.add_argument("--sequential-steps", type=int, default=3, help="steps for offload-sequential (slow)")
+    parser.add_argument("-o", "--output", help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    size = SIZES["small" if args.small else "full"]
+    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [size["resolution"]]
+    modes = args.modes.split(",")
+    if device.type != "cuda":
+        modes = [mode for mode in modes if not mode.startswith("offload")]
+
+    pipe = random_pipeline(size, device, dtype)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "model": "small" if args.small else "SD-1.5 sizes (random weights)",
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "results": {},
+    }
+    for mode in modes:
+        print(f"timing {mode} ...", file=sys.stderr)
+        mode_results = {}
+        if mode.startswith("offload"):
+            pipe.to("cpu")
+            place_pipeline(pipe, device, mode.removeprefix("offload-"))
+        elif mode == "compile":
+            compile_unets(pipe)
+        # a compilation per shape costs minutes: `compile` is timed at the first resolution only
+        for resolution in resolutions[:1] if mode == "compile" else resolutions:
+            steps = args.sequential_steps if mode == "offload-sequential" else args.steps
+            mode_results[str(resolution)] = measure(pipe, device, resolution, steps, args.repeats,
+                                                    faithful=mode == "faithful")
+            mode_results[str(resolution)]["steps"] = steps
+        report["results"][mode] = mode_results
+        if mode.startswith("offload"):
+            pipe.remove_all_hooks()
+            pipe.to(device)
+    baseline = report["results"].get("faithful", {})
+    report["speedup_vs_faithful"] = {
+        mode: {
+            res: {
+                "per_edit": round(baseline[res]["median_s_per_edit"] / r["median_s_per_edit"], 3),
+                "per_step": round(baseline[res]["ms_per_step"] / max(r["ms_per_step"], 1e-9), 3),
+            }
+            for res, r in results.items() if res in baseline and r["steps"] == baseline[res]["steps"]
+        }
+        for mode, results in report["results"].items() if mode != "faithful"
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as file:
+            file.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
