@@ -15,6 +15,8 @@ _LAZY = {
     "MimicBrushPipelineOutput": "pipeline",
     "ImageProjection": "models.image_encoder",
     "DepthGuider": "models.depth",
+    "PixelShuffleAutoencoder": "models.standins",
+    "LuminanceDepth": "models.standins",
     "MimicBrushError": "errors",
     "InputError": "errors",
     "WeightsError": "errors",

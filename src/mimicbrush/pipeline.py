@@ -107,7 +107,9 @@ class MimicBrushPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Pixels per latent cell along a side (8 for SD's VAE)."""
+        factor = getattr(self.vae.config, "downsample_factor", None)
+        return factor or 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def clip_input_size(self) -> int:
@@ -187,7 +189,8 @@ class MimicBrushPipeline(DiffusionPipeline):
             raise InputError(f"steps must be an integer from 1 to 1000, got {num_inference_steps!r}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise InputError(f"guidance must be a finite number >= 0, got {guidance_scale!r}")
-        multiple = self.vae_scale_factor * 8  # the U-Net halves the latent three times
+        # the U-Net halves the latent once per block after the first
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
             raise InputError(f"resolution must be a positive multiple of {multiple}, got {resolution!r}")
 
