@@ -103,3 +103,17 @@ def test_help_lists_the_contract_commands():
     result = subprocess.run([sys.executable, "-m", "mimicbrush", "--help"], capture_output=True, text=True)
     for command in ("edit", "convert", "data"):
         assert command in result.stdout
+
+
+def test_demo_runs_the_bundled_examples(model, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--model", str(model), "--steps", "1"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[-1] == str(out / "demo.png")
+    edits = sorted(out.glob("*_edit.png"))
+    assert [path.name for path in edits] == ["coffee-brick_edit.png", "coffee-gravel_edit.png", "motorcycle-tank_edit.png"]
+    source = np.asarray(Image.open(out / "coffee-brick_source.png"))
+    edit = np.asarray(Image.open(out / "coffee-brick_edit.png"))
+    assert edit.shape == source.shape
+    np.testing.assert_array_equal(edit[:, :150], source[:, :150])  # far left of the cup: untouched
+    assert main(["demo", "-o", str(out), "--model", str(model), "--steps", "1"]) == 2  # no silent overwrite
