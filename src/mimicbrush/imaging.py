@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,14 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
 from .errors import InputError
+from .fileio import write_atomic
 
 MASK_THRESHOLD = 128  # a mask pixel > 128 means "edit"
-MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb limit (about 8000 x 8000)
+MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb limit (about 8000 x 8000), checked before decoding
+MAX_IMAGE_SIDE = 12_000  # the edit pads to a square of the longest side: 12,000² × 3 bytes = 432 MB
+# Formats photos and masks come in (JPEG includes MPO, phone photos with extra frames). Pillow's
+# other plugins (EPS runs Ghostscript, PSD, FITS, …) are attack surface a photo editor does not need.
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,43 +35,122 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Loading
 
 
+def check_size(size: tuple[int, int], what: str) -> None:
+    """Refuse empty images, decompression bombs and strips whose padded square would not fit."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise InputError(f"{what} has no pixels ({width}×{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{what} is too large: {width}×{height} = {width * height:,} pixels, over the "
+            f"{MAX_IMAGE_PIXELS:,}-pixel limit (a guard against decompression bombs); downscale it first"
+        )
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise InputError(
+            f"{what} is too long: {width}×{height}, over the {MAX_IMAGE_SIDE:,}-pixel limit on the longest "
+            "side (the edit pads it to a square of that side); crop or downscale it first"
+        )
+
+
 def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
-    """Open an image file fully (EXIF rotation applied), or raise InputError naming the file."""
+    """Open an image file fully, or raise InputError naming the file.
+
+    EXIF rotation is applied; of an animation or multi-page file the first frame is returned (with
+    a notice); the mode is one of `normalise_mode`'s.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} is a folder, not an image file: {path}")
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
         raise InputError(f"{what} is an empty file: {path}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        previous_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # our own, lower limit is checked below with a clearer message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image_file = Image.open(path, formats=SUPPORTED_FORMATS)
+    except PermissionError:
+        raise InputError(f"{what} cannot be read: permission denied: {path}") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(
+            f"{what} cannot be read: {path} is not a {', '.join(SUPPORTED_FORMATS[:-1])} or "
+            f"{SUPPORTED_FORMATS[-1]} image"
+        ) from None
+    except Image.DecompressionBombError as error:  # far over our limit: Pillow refuses at the header
+        raise InputError(
+            f"{what} {path} is too large, over the {MAX_IMAGE_PIXELS:,}-pixel limit (a guard against "
+            f"decompression bombs): {error}"
+        ) from None
+    except Exception as error:  # Pillow's parsers raise many types on malformed headers
+        raise InputError(
+            f"{what} cannot be read: {path} is truncated or corrupt ({type(error).__name__}: {error})"
+        ) from None
+    with image_file:
+        check_size(image_file.size, f"{what} {path}")
         try:
-            with Image.open(path) as image:
-                image.load()
-                image = ImageOps.exif_transpose(image)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # MPO (phone photos with a depth or preview frame) is exempt: its first frame is the photo
+            several_frames = getattr(image_file, "is_animated", False) and image_file.format != "MPO"
+            image_file.load()
+            image = normalise_mode(ImageOps.exif_transpose(image_file))
+        except InputError as error:
+            raise InputError(f"{what} {path}: {error}") from None
+        except Exception as error:  # truncated data, bad EXIF, decoder errors: all properties of the file
             raise InputError(
-                f"{what} is too large: {path} (limit {MAX_IMAGE_PIXELS:,} pixels)"
+                f"{what} cannot be read: {path} is truncated or corrupt ({type(error).__name__}: {error})"
             ) from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise InputError(f"{what} cannot be read as an image: {path} ({error})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous_limit
+    if several_frames:
+        warnings.warn(f"{what} {path} has several frames (animation or pages): using the first", stacklevel=2)
     return image
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """L image from a 16/32-bit integer or float image: 16-bit spans 0..65535, float 0..1."""
+    array = np.asarray(image, dtype=np.float64)
+    array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    if image.mode.startswith("I;16"):
+        peak = 65535.0
+    elif image.mode == "F":
+        peak = 1.0 if array.size and array.min() >= 0 and array.max() <= 1 else 255.0
+    else:  # "I" (32-bit): holds 8- or 16-bit data depending on the writer
+        peak = 65535.0 if array.size and array.max() > 255 else 255.0
+    return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def normalise_mode(image: Image.Image) -> Image.Image:
+    """The same picture in one of L, LA, RGB, RGBA or P (palette without transparency).
+
+    16-bit, 32-bit and float images are scaled to 8 bits; CMYK, YCbCr, LAB and HSV become RGB
+    (no colour management); transparency is kept as an alpha channel.
+    """
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if mode == "P":
+        return image.convert("RGBA") if "transparency" in image.info else image
+    if mode.startswith("I") or mode == "F":
+        return _scale_to_8bit(image)
+    if mode == "1":
+        return image.convert("L")
+    if mode == "La":  # premultiplied alpha: Pillow converts it to LA only
+        return image.convert("LA")
+    if mode in ("PA", "RGBa"):
+        return image.convert("RGBA")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        return image.convert("RGB")
+    raise InputError(f"colour mode {mode!r} is not supported")
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether any pixel is less than fully opaque."""
+    image = normalise_mode(image)
+    return image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] < 255
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """RGB view of any PIL mode; transparency is composited over `background` (not dropped)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
+    image = normalise_mode(image)
+    if image.mode in ("RGBA", "LA"):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
@@ -75,17 +158,22 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
 
 def load_image(source: str | os.PathLike | Image.Image | np.ndarray, what: str = "image") -> Image.Image:
-    """An RGB PIL image from a path, a PIL image or an H×W×3 uint8 array."""
+    """An RGB PIL image from a path, a PIL image or an H×W, H×W×3 or H×W×4 uint8 array.
+
+    Transparent pixels are composited over white, the colour the edit pads with, with a notice.
+    """
     if isinstance(source, Image.Image):
-        image = source
+        check_size(source.size, what)
+        image = normalise_mode(source)
     elif isinstance(source, np.ndarray):
-        if source.ndim not in (2, 3) or source.dtype != np.uint8:
-            raise InputError(f"{what} array must be H×W or H×W×3 uint8, got {source.shape} {source.dtype}")
+        if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
+            raise InputError(f"{what} array must be H×W, H×W×3 or H×W×4 uint8, got {source.shape} {source.dtype}")
+        check_size((source.shape[1], source.shape[0]), what)
         image = Image.fromarray(source)
     else:
         image = open_image(source, what)
-    if getattr(image, "is_animated", False):
-        image.seek(0)  # animated files: the first frame is the image
+    if has_transparency(image):
+        warnings.warn(f"{what} has transparent pixels: composited over white", stacklevel=2)
     return to_rgb(image)
 
 
@@ -93,7 +181,7 @@ def parse_box(text: str, size: tuple[int, int] | None = None) -> tuple[int, int,
     """`x0,y0,x1,y1` (x0/y0 inclusive, x1/y1 exclusive, as PIL's crop), checked against `size`."""
     try:
         x0, y0, x1, y1 = (int(round(float(part))) for part in text.split(","))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         raise InputError(f"a box must be 'x0,y0,x1,y1' in pixels, got {text!r}") from None
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"box {text!r} is empty (need x1 > x0 and y1 > y0)")
@@ -111,23 +199,42 @@ def looks_like_box(text: str) -> bool:
 
 def mask_to_luminance(mask: Image.Image) -> Image.Image:
     """Grayscale mask: an RGBA/LA mask uses its alpha when it has transparency, else luminance."""
-    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-        alpha = mask.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            return alpha
-    if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return to_rgb(mask).convert("L")
+    mask = normalise_mode(mask)
+    if has_transparency(mask):
+        return mask.getchannel("A")
     return mask.convert("L")
+
+
+def mask_from_array(array: np.ndarray) -> Image.Image:
+    """L image from an H×W mask array: bool, uint8 (0..255) or float (0..1)."""
+    if array.ndim != 2:
+        raise InputError(f"mask array must be H×W, got shape {array.shape}")
+    if array.dtype == bool:
+        return Image.fromarray(array.astype(np.uint8) * 255, "L")
+    if array.dtype == np.uint8:
+        return Image.fromarray(array, "L")
+    if np.issubdtype(array.dtype, np.floating):
+        scaled = np.nan_to_num(array.astype(np.float64), nan=0.0) * 255.0 + 0.5
+        return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    raise InputError(f"mask array must be bool, uint8 (0..255) or float (0..1), got {array.dtype}")
+
+
+def same_aspect(size: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether `size` is `target` scaled, up to the rounding of a downscale (half a pixel a side)."""
+    (width, height), (target_width, target_height) = size, target
+    return abs(width * target_height - height * target_width) <= (target_width + target_height) / 2
 
 
 def load_mask(
     mask: str | os.PathLike | Image.Image | np.ndarray,
     size: tuple[int, int],
 ) -> Image.Image:
-    """An L-mode mask at `size` (0 or 255 where the box/edit is) from a file, image, array or box.
+    """An L-mode mask at `size` (> 128 = edit; soft values are kept) from a file, image, array or box.
 
-    A mask of another size is resized to the source (nearest) with a warning, since users often
-    paint masks on a downscaled copy. An empty mask is an error: there would be nothing to edit.
+    A mask of another size but the source's aspect ratio is resized to the source (nearest) with a
+    notice, since users often paint masks on a downscaled copy; one of another aspect ratio is
+    refused, since stretching it would move the edit. An empty mask is an error (nothing to edit);
+    a full one is allowed, with a notice.
     """
     if isinstance(mask, str) and looks_like_box(mask):
         x0, y0, x1, y1 = parse_box(mask, size)
@@ -136,23 +243,29 @@ def load_mask(
         image = Image.fromarray(array, "L")
     else:
         if isinstance(mask, np.ndarray):
-            if mask.ndim != 2:
-                raise InputError(f"mask array must be H×W, got shape {mask.shape}")
-            array = mask.astype(np.uint8) * 255 if mask.dtype == bool else mask.astype(np.uint8)
-            image = Image.fromarray(array, "L")
+            image = mask_from_array(mask)
         elif isinstance(mask, Image.Image):
             image = mask_to_luminance(mask)
         else:
             image = mask_to_luminance(open_image(mask, "mask"))
         if image.size != tuple(size):
+            width, height = image.size
+            if not same_aspect(image.size, size):
+                raise InputError(
+                    f"mask is {width}×{height} but the source is {size[0]}×{size[1]}: another aspect ratio, "
+                    "so it cannot be resized without moving the edit (is it the mask of another image, "
+                    "or rotated by EXIF differently?)"
+                )
             warnings.warn(
-                f"mask is {image.size[0]}×{image.size[1]} but the source is {size[0]}×{size[1]}: "
-                "resized to the source (nearest)",
+                f"mask is {width}×{height} but the source is {size[0]}×{size[1]}: resized to the source (nearest)",
                 stacklevel=2,
             )
             image = image.resize(size, Image.NEAREST)
-    if not (np.asarray(image) > MASK_THRESHOLD).any():
+    selected = np.asarray(image) > MASK_THRESHOLD
+    if not selected.any():
         raise InputError("the mask is empty: no pixel is above 128, so there is nothing to edit")
+    if selected.all():
+        warnings.warn("the mask covers the whole source: nothing of the source is kept", stacklevel=2)
     return image
 
 
@@ -280,11 +393,14 @@ def save_image(
     metadata: dict[str, str] | None = None,
     force: bool = False,
 ) -> Path:
-    """Write atomically (temp file + rename); refuse to overwrite unless `force`.
+    """Write atomically (temp file, fsync, then rename); refuse to overwrite unless `force`.
 
-    PNG files carry `metadata` as text chunks; JPEG files carry it as the EXIF description.
+    PNG files carry `metadata` as text chunks; JPEG files carry it as the EXIF description. A
+    reader never sees a half-written file, and a crash leaves at most a hidden `.NAME.*.tmp`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name ending in .png, .jpg or .webp")
     if path.exists() and not force:
         raise InputError(f"{path} already exists (pass --force to overwrite)")
     suffix = path.suffix.lower()
@@ -303,12 +419,4 @@ def save_image(
         if metadata:
             exif[0x010E] = "; ".join(f"{k}={v}" for k, v in metadata.items())  # ImageDescription
         image.save(buffer, formats[suffix], quality=95, exif=exif)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(buffer.getvalue())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, buffer.getvalue(), force=force)

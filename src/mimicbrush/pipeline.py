@@ -98,7 +98,25 @@ class MimicBrushPipeline(DiffusionPipeline):
         dtype = kwargs.pop("torch_dtype", None) or torch.float32
         if kind == "release":
             return cls(**load_release_components(location, dtype))
-        return super().from_pretrained(location, dtype=dtype, **kwargs)
+        components = cls._load_saved_components(Path(location), dtype)
+        return super().from_pretrained(location, dtype=dtype, **components, **kwargs)
+
+    @staticmethod
+    def _load_saved_components(folder: Path, dtype: torch.dtype) -> dict[str, nn.Module]:
+        """Every model of a mimicbrush folder, loaded strictly (see weights.load_saved_component)."""
+        import importlib
+        import json
+
+        from .weights import load_saved_component
+
+        index = json.loads((folder / "model_index.json").read_text())
+        components = {}
+        for name, entry in index.items():
+            if name.startswith("_") or name == "scheduler" or not isinstance(entry, list) or entry[0] is None:
+                continue
+            model_class = getattr(importlib.import_module(entry[0]), entry[1])
+            components[name] = load_saved_component(folder / name, model_class, dtype).eval()
+        return components
 
     @property
     def resolution(self) -> int:

@@ -127,6 +127,36 @@ def build_empty(factory):
         return factory()
 
 
+def load_saved_component(folder: Path, model_class, dtype: torch.dtype) -> nn.Module:
+    """One component of a mimicbrush folder, strictly: a missing, extra or misshapen tensor is an
+    error naming the file and key (diffusers and transformers only warn on missing or extra keys,
+    leaving a missing weight random), and so is a NaN or infinite value."""
+    weights = sorted(folder.glob("*.safetensors"))
+    source = str(weights[0] if weights else folder)
+    pickles = sorted(folder.glob("*.bin"))
+    if pickles and not weights:
+        raise WeightsError(f"{pickles[0]}: pickle weights in a mimicbrush folder are never loaded "
+                           "(a pickle can run code); save the model as safetensors")
+    try:
+        loaded = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise WeightsError(f"{source}: {str(error).strip().splitlines()[0]}") from None
+    model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            key = keys[0][0] if isinstance(keys[0], tuple) else keys[0]
+            raise WeightsError(f"{source}: {kind.replace('_keys', '')} key {key!r} ({len(keys)} in all)")
+    check_finite(model, source)
+    return model
+
+
+def check_finite(module: nn.Module, source: str) -> None:
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightsError(f"{source}: key {name!r} holds NaN or infinite values")
+
+
 # ---------------------------------------------------------------------------------------------
 # Depth Anything v1 (original key names) → transformers' DepthAnythingForDepthEstimation
 

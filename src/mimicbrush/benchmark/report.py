@@ -7,6 +7,7 @@ reported numbers as a reference row for the tracks the paper reports.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 from dataclasses import asdict, dataclass
@@ -14,7 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from .. import imaging
 from ..errors import InputError
+from ..fileio import write_atomic
 from .paper import PAPER_LABEL, PAPER_RESULTS
 from .scoring import METRIC_KEYS, METRICS, SCOPES
 from .tracks import Case, Track
@@ -149,11 +152,12 @@ def _thumbnail(path: Path | None) -> Image.Image:
 
 def write_reports(out_dir: Path, rows: list[dict], summary: dict, sheet_rows: list[SheetRow]) -> None:
     """cases.csv, summary.json, summary.md and contact_sheet.png in `out_dir`."""
-    with open(out_dir / "cases.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_FIELDS})
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out_dir / "summary.md").write_text(markdown_table([(out_dir.name, summary)]))
-    contact_sheet(sheet_rows).save(out_dir / "contact_sheet.png")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_FIELDS})
+    write_atomic(out_dir / "cases.csv", table.getvalue())
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_atomic(out_dir / "summary.md", markdown_table([(out_dir.name, summary)]))
+    imaging.save_image(contact_sheet(sheet_rows), out_dir / "contact_sheet.png", force=True)

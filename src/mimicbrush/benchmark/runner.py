@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import imaging
 from ..errors import InputError, MimicBrushError
+from ..fileio import write_atomic
 from . import report
 from .defaults import PAPER_GUIDANCE, PAPER_SEED, PAPER_STEPS, REFERENCE_MODES
 from .scoring import CaseScorer
@@ -96,7 +97,7 @@ def pin_settings(out_dir: Path, settings: EditSettings) -> None:
             raise InputError(f"{out_dir} holds edits made with other settings ({details}); use another -o")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(wanted, indent=1) + "\n")
+    write_atomic(run_file, json.dumps(wanted, indent=1) + "\n")
 
 
 def generate_edits(

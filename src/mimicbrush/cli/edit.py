@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
-import warnings
 from pathlib import Path
 
 from .. import __version__, editing, imaging
@@ -55,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..loading import load_pipeline
 
-    warnings.formatwarning = lambda message, *rest, **kwargs: f"notice: {message}\n"
     outputs = [Path(args.output)] + ([Path(args.depth_out)] if args.depth_out else [])
     for path in outputs:  # fail before minutes of loading, not after
         if path.exists() and not args.force:
