@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -143,45 +144,51 @@ def edit_inputs(resolution: int):
     return dict(source_image=source, mask_image="200,120,440,360", reference_image=reference, resolution=resolution)
 
 
-def measure(pipe, device, resolution: int, steps: int, repeats: int, faithful: bool) -> dict:
-    def run(num_steps: int):
-        return pipe(**edit_inputs(resolution), num_inference_steps=num_steps, guidance_scale=5.0,
-                    generator=torch.Generator("cpu").manual_seed(1), faithful=faithful)
-
-    run(steps)  # warm-up: kernels, allocator, compilation
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        run(steps)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    # per-step cost from two step counts, so the fixed cost (encoders, VAE) is separated
+def time_edit(pipe, device, resolution: int, steps: int, faithful: bool) -> float:
     synchronize(device)
     start = time.perf_counter()
-    run(1)
+    pipe(**edit_inputs(resolution), num_inference_steps=steps, guidance_scale=5.0,
+         generator=torch.Generator("cpu").manual_seed(1), faithful=faithful)
     synchronize(device)
-    one_step = time.perf_counter() - start
-    median = statistics.median(seconds)
-    per_step = (median - one_step) / max(steps - 1, 1)
-    components: dict[str, float] = {}
-    with component_timer(pipe, device, components):
-        run(steps)
-    result = {
-        "median_s_per_edit": round(median, 4),
-        "all_s": [round(s, 4) for s in seconds],
-        "ms_per_step": round(1000 * per_step, 2),
-        "s_outside_loop": round(one_step - per_step, 4),
-        "components_ms_per_step": {name: round(1000 * total / steps, 2) for name, total in components.items()},
-    }
+    return time.perf_counter() - start
+
+
+def measure(pipe, device, resolution: int, steps: int, repeats: int, variants: dict[str, bool]) -> dict:
+    """Time each variant (name → faithful flag) on the same pipeline, interleaved repeat by
+    repeat so that drift in the machine's load hits every variant alike."""
+    for faithful in variants.values():
+        time_edit(pipe, device, resolution, steps, faithful)  # warm-up: kernels, allocator, compilation
     if device.type == "cuda":
-        result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-        result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 3)
-    else:
-        result["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
-    return result
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = {name: [] for name in variants}
+    one_step = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, faithful in variants.items():
+            seconds[name].append(time_edit(pipe, device, resolution, steps, faithful))
+            # the fixed cost (encoders, VAE) from a one-step edit, to separate the per-step cost
+            one_step[name].append(time_edit(pipe, device, resolution, 1, faithful))
+    results = {}
+    for name, faithful in variants.items():
+        median, fixed = statistics.median(seconds[name]), statistics.median(one_step[name])
+        per_step = (median - fixed) / max(steps - 1, 1)
+        components: dict[str, float] = {}
+        with component_timer(pipe, device, components):
+            time_edit(pipe, device, resolution, steps, faithful)
+        results[name] = {
+            "median_s_per_edit": round(median, 4),
+            "min_s_per_edit": round(min(seconds[name]), 4),
+            "all_s": [round(value, 4) for value in seconds[name]],
+            "ms_per_step": round(1000 * per_step, 2),
+            "s_outside_loop": round(fixed - per_step, 4),
+            "components_ms_per_step": {key: round(1000 * total / steps, 2) for key, total in components.items()},
+            "steps": steps,
+        }
+        if device.type == "cuda":
+            results[name]["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+            results[name]["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 3)
+        else:
+            results[name]["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    return results
 
 
 def main(argv=None) -> int:
@@ -208,6 +215,7 @@ def main(argv=None) -> int:
     if device.type != "cuda":
         modes = [mode for mode in modes if not mode.startswith("offload")]
 
+    diffusers_logging.set_verbosity_error()  # casting random modules warns once per module
     pipe = random_pipeline(size, device, dtype)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -219,21 +227,27 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "results": {},
     }
-    for mode in modes:
+    # faithful and fast share the pipeline and differ by one flag: timed interleaved
+    eager = {mode: mode == "faithful" for mode in modes if mode in ("faithful", "fast")}
+    for mode in eager:
+        report["results"][mode] = {}
+    for resolution in resolutions:
+        print(f"timing {', '.join(eager)} at {resolution} ...", file=sys.stderr)
+        for mode, result in measure(pipe, device, resolution, args.steps, args.repeats, eager).items():
+            report["results"][mode][str(resolution)] = result
+    for mode in [mode for mode in modes if mode not in eager]:
         print(f"timing {mode} ...", file=sys.stderr)
-        mode_results = {}
         if mode.startswith("offload"):
             pipe.to("cpu")
             place_pipeline(pipe, device, mode.removeprefix("offload-"))
         elif mode == "compile":
             compile_unets(pipe)
+        steps = args.sequential_steps if mode == "offload-sequential" else args.steps
         # a compilation per shape costs minutes: `compile` is timed at the first resolution only
-        for resolution in resolutions[:1] if mode == "compile" else resolutions:
-            steps = args.sequential_steps if mode == "offload-sequential" else args.steps
-            mode_results[str(resolution)] = measure(pipe, device, resolution, steps, args.repeats,
-                                                    faithful=mode == "faithful")
-            mode_results[str(resolution)]["steps"] = steps
-        report["results"][mode] = mode_results
+        report["results"][mode] = {
+            str(resolution): measure(pipe, device, resolution, steps, args.repeats, {mode: False})[mode]
+            for resolution in (resolutions[:1] if mode == "compile" else resolutions)
+        }
         if mode.startswith("offload"):
             pipe.remove_all_hooks()
             pipe.to(device)

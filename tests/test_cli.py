@@ -111,7 +111,9 @@ def test_demo_runs_the_bundled_examples(model, tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     assert printed[-1] == str(out / "demo.png")
     edits = sorted(out.glob("*_edit.png"))
-    assert [path.name for path in edits] == ["coffee-brick_edit.png", "coffee-gravel_edit.png", "motorcycle-tank_edit.png"]
+    assert [path.name for path in edits] == [
+        "coffee-brick_edit.png", "coffee-gravel_edit.png", "motorcycle-headlight_edit.png", "motorcycle-tank_edit.png"
+    ]
     source = np.asarray(Image.open(out / "coffee-brick_source.png"))
     edit = np.asarray(Image.open(out / "coffee-brick_edit.png"))
     assert edit.shape == source.shape

@@ -1,0 +1,321 @@
+"""The edit handler behind the web app and its API: one model, loaded once, shared by every user.
+
+No Gradio here: `EditService.run` takes plain images and a mask and returns files and images, so
+the UI (ui.py) and the API (api.py) are thin adapters over it and the handler can be tested alone.
+Errors the user can fix are `InputError`s with a message written for the person at the browser.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import threading
+import uuid
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from .. import __version__, editing, imaging
+from ..errors import InputError
+
+# The longest side the app accepts for any image. The pipeline itself takes up to
+# imaging.MAX_IMAGE_SIDE, but a shared web app should not let one upload take the memory of a
+# 12,000² square; 4096 covers phone photos.
+DEFAULT_MAX_SIDE = 4096
+# Largest upload the server accepts (Gradio's max_file_size), before any decoding.
+DEFAULT_MAX_FILE_SIZE = "25mb"
+MAX_STEPS = 200
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**31 - 1
+OVERLAY_COLOUR = (255, 40, 40)
+ZOOM_BOX_COLOUR = (255, 210, 0)
+
+StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+@dataclass
+class EditRequest:
+    """One edit, as the user asked for it. Images are RGB PIL images (or anything imaging.load_image
+    takes); mask is H×W (bool, or uint8 where > 128 means edit) at the source's size or its aspect
+    ratio; reference_box is a box string "x0,y0,x1,y1", a mask on the reference, or None."""
+
+    source: object
+    mask: object
+    reference: object
+    reference_box: object = None
+    keep_shape: bool = False
+    steps: int = 50
+    guidance: float = 5.0
+    seed: int | None = None  # None or negative: a random seed (reported in the result)
+    zoom: str = "off"
+
+
+@dataclass
+class EditResult:
+    image: PIL.Image.Image  # the edit at the source's size
+    path: Path  # the same as a PNG with the edit's settings in its metadata (the download)
+    overlay: PIL.Image.Image  # the source with the mask (and any zoomed crops) drawn on it
+    depth: PIL.Image.Image | None  # the depth preview (keep_shape only)
+    seed: int
+    settings: dict  # what the PNG's metadata holds
+    notes: list[str] = field(default_factory=list)  # notices (resized mask, zoomed regions, ...)
+
+    def summary(self) -> str:
+        """One short markdown paragraph for the UI."""
+        width, height = self.image.size
+        parts = [f"**seed {self.seed}** · {self.settings['steps']} steps · guidance {self.settings['guidance']}"
+                 f" · {width}×{height}"]
+        if self.settings.get("keep_shape"):
+            parts.append("shape kept")
+        if self.settings.get("zoom") == "auto":
+            parts.append("auto zoom-in")
+        text = " · ".join(parts)
+        if self.notes:
+            text += "\n\n" + "\n".join(f"- {note}" for note in self.notes)
+        return text
+
+
+def check_limits(image: PIL.Image.Image, what: str, max_side: int) -> None:
+    width, height = image.size
+    if max(width, height) > max_side:
+        raise InputError(
+            f"The {what} is {width}×{height}: over this app's limit of {max_side} px on the longest side. "
+            "Downscale it first."
+        )
+
+
+def mask_from_layers(layers, size: tuple[int, int]) -> np.ndarray | None:
+    """H×W bool mask of everything painted on the editor's layers (alpha > 0), or None if no layer
+    has a painted pixel. Layers are RGBA arrays or PIL images; one of another size (the editor's
+    canvas) is resized to the source when it has the source's aspect ratio."""
+    painted = None
+    for layer in layers or []:
+        if layer is None:
+            continue
+        layer = PIL.Image.fromarray(layer) if isinstance(layer, np.ndarray) else layer
+        if layer.mode not in ("RGBA", "LA"):
+            continue  # no alpha: nothing was painted on it that we can tell from the background
+        alpha = layer.getchannel("A")
+        if alpha.size != tuple(size):
+            if not imaging.same_aspect(alpha.size, size):
+                raise InputError(
+                    f"The painted layer is {alpha.size[0]}×{alpha.size[1]} but the source is {size[0]}×{size[1]}: "
+                    "was the image cropped after painting? Paint the mask again."
+                )
+            alpha = alpha.resize(size, PIL.Image.NEAREST)
+        selected = np.asarray(alpha) > 0
+        painted = selected if painted is None else painted | selected
+    if painted is None or not painted.any():
+        return None
+    return painted
+
+
+def box_mask(box: str, size: tuple[int, int]) -> np.ndarray:
+    """H×W bool mask of a box "x0,y0,x1,y1" (checked against the source)."""
+    x0, y0, x1, y1 = imaging.parse_box(box, size)
+    mask = np.zeros((size[1], size[0]), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def mask_overlay(source: np.ndarray, mask: np.ndarray, regions=()) -> PIL.Image.Image:
+    """The source with the mask tinted red and outlined, and each zoomed crop outlined in yellow."""
+    image = source.astype(np.float32)
+    selected = mask.astype(bool)
+    image[selected] = image[selected] * 0.45 + np.array(OVERLAY_COLOUR, np.float32) * 0.55
+    overlay = PIL.Image.fromarray(image.astype(np.uint8))
+    edge = selected ^ _eroded(selected)
+    pixels = np.asarray(overlay).copy()
+    pixels[edge] = OVERLAY_COLOUR
+    overlay = PIL.Image.fromarray(pixels)
+    draw = PIL.ImageDraw.Draw(overlay)
+    width = max(2, round(max(overlay.size) / 300))
+    for region in regions:
+        if region.zoomed:
+            x0, y0, x1, y1 = region.crop_box
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=ZOOM_BOX_COLOUR, width=width)
+    return overlay
+
+
+def box_preview(image: np.ndarray, box: tuple[int, int, int, int] | None = None,
+                corner: tuple[int, int] | None = None) -> PIL.Image.Image:
+    """The image with a box (and/or the first corner of one being drawn) marked on it."""
+    preview = PIL.Image.fromarray(image)
+    draw = PIL.ImageDraw.Draw(preview)
+    width = max(2, round(max(preview.size) / 250))
+    if box is not None:
+        x0, y0, x1, y1 = box
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=OVERLAY_COLOUR, width=width)
+    if corner is not None:
+        x, y = corner
+        radius = 3 * width
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=OVERLAY_COLOUR, width=width)
+    return preview
+
+
+def _mask_input(mask):
+    """What imaging.load_mask takes: a box string, a PIL image, or a bool/uint8 H×W array."""
+    if isinstance(mask, (str, PIL.Image.Image)):
+        return mask
+    return np.asarray(mask)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1, constant_values=False)
+    result = mask.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            result &= padded[1 + dy : 1 + dy + mask.shape[0], 1 + dx : 1 + dx + mask.shape[1]]
+    return result
+
+
+class EditService:
+    """One pipeline shared by every request. `run` is serialised by a lock (the app's queue also
+    runs one edit at a time); each request draws from its own generator, seeded per request, so
+    results never depend on who else is using the app."""
+
+    def __init__(self, pipe, model_label: str = "", max_side: int = DEFAULT_MAX_SIDE,
+                 output_dir: str | Path | None = None):
+        self.pipe = pipe
+        self.model_label = model_label
+        self.max_side = max_side
+        self._lock = threading.Lock()
+        if output_dir is None:
+            output_dir = tempfile.mkdtemp(prefix="mimicbrush-app-")
+            weakref.finalize(self, shutil.rmtree, output_dir, True)
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def load(cls, model: str | None, device: str = "auto", dtype: str = "auto", offload: str = "none",
+             **kwargs) -> "EditService":
+        """Load the model once (the bundled demo model when `model` is None)."""
+        from ..loading import default_model, load_pipeline
+
+        location = model if model is not None else default_model()
+        pipe = load_pipeline(location, device=device, dtype=dtype, offload=offload)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, model_label=str(model or "bundled demo model"), **kwargs)
+
+    # -----------------------------------------------------------------------------------------
+
+    def load_source(self, image) -> PIL.Image.Image:
+        if image is None:
+            raise InputError("Upload a source image first: the photo whose region you want to repaint.")
+        return self._load(image, "source image")
+
+    def load_reference(self, image) -> PIL.Image.Image:
+        if image is None:
+            raise InputError(
+                "Upload a reference image: the masked region is repainted by imitating it."
+            )
+        return self._load(image, "reference image")
+
+    def _load(self, image, what: str) -> PIL.Image.Image:
+        if isinstance(image, PIL.Image.Image):
+            check_limits(image, what, self.max_side)  # before converting a huge image
+        loaded = imaging.load_image(image, what)
+        check_limits(loaded, what, self.max_side)
+        return loaded
+
+    def check_request(self, request: EditRequest) -> None:
+        if not isinstance(request.steps, (int, np.integer)) or not 1 <= request.steps <= MAX_STEPS:
+            raise InputError(f"Steps must be a whole number from 1 to {MAX_STEPS}, got {request.steps!r}.")
+        if not np.isfinite(request.guidance) or not 0 <= request.guidance <= MAX_GUIDANCE:
+            raise InputError(f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {request.guidance!r}.")
+        if request.zoom not in editing.ZOOM_MODES:
+            raise InputError(f"Zoom must be one of {', '.join(editing.ZOOM_MODES)}, got {request.zoom!r}.")
+        if request.seed is not None and request.seed > MAX_SEED:
+            raise InputError(f"The seed must be at most {MAX_SEED}, got {request.seed}.")
+
+    def run(self, request: EditRequest, on_step: StepCallback | None = None) -> EditResult:
+        """Validate, edit, and write the result PNG. Raises InputError with a user-facing message."""
+        import torch
+
+        self.check_request(request)
+        source = self.load_source(request.source)
+        if request.mask is None:
+            raise InputError(
+                "The mask is empty: paint the region to edit on the source with the brush, or draw a box."
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                mask_image = imaging.load_mask(_mask_input(request.mask), source.size)
+            except InputError as error:
+                if "empty" in str(error):
+                    raise InputError(
+                        "The mask is empty: paint the region to edit on the source with the brush, or draw a box."
+                    ) from None
+                raise
+            reference = self.load_reference(request.reference)
+            reference_box = request.reference_box
+            if isinstance(reference_box, str) and not reference_box.strip():
+                reference_box = None
+            if isinstance(reference_box, str):
+                reference_box = reference_box.strip()
+                imaging.parse_box(reference_box, reference.size)  # a clear error before any work
+            mask01 = imaging.binary_mask(mask_image)
+            calls = 1
+            if request.zoom != "off" or reference_box is not None:
+                calls = len(editing.plan_regions(mask01, zoom=request.zoom))
+            seed = int(request.seed) if request.seed is not None and request.seed >= 0 else secrets.randbelow(2**31)
+            total = int(request.steps) * calls
+            done = [0]
+
+            def step_end(pipe, step, timestep, tensors):
+                done[0] += 1
+                if on_step is not None:
+                    on_step(min(done[0], total), total)
+                return tensors
+
+            with self._lock:
+                if on_step is not None:
+                    on_step(0, total)
+                output = self.pipe(
+                    source_image=source,
+                    mask_image=mask_image,
+                    reference_image=reference,
+                    keep_shape=bool(request.keep_shape),
+                    num_inference_steps=int(request.steps),
+                    guidance_scale=float(request.guidance),
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    zoom=request.zoom,
+                    reference_box=reference_box,
+                    callback_on_step_end=step_end,
+                )
+        notes = [str(warning.message) for warning in caught]
+        regions = getattr(output, "regions", None) or []
+        if regions:
+            notes += editing.describe_regions(output)
+        settings = {
+            "mimicbrush": __version__,
+            "model": self.model_label,
+            "seed": seed,
+            "steps": int(request.steps),
+            "guidance": float(request.guidance),
+            "keep_shape": bool(request.keep_shape),
+            "zoom": request.zoom,
+            **({"reference_box": reference_box} if isinstance(reference_box, str) else {}),
+            **({"reference_box": "painted"} if reference_box is not None and not isinstance(reference_box, str) else {}),
+        }
+        image = output.images[0]
+        path = imaging.save_image(image, self.output_dir / f"mimicbrush-{seed}-{uuid.uuid4().hex[:8]}.png",
+                                  metadata=settings)
+        depth = next((depth for depth in output.depth_images if depth is not None), None)
+        return EditResult(
+            image=image,
+            path=path,
+            overlay=mask_overlay(np.asarray(source), mask01, regions),
+            depth=depth,
+            seed=seed,
+            settings=settings,
+            notes=notes,
+        )
