@@ -51,14 +51,17 @@ def run_case(pipe, case: dict, **call_kwargs) -> dict[str, np.ndarray]:
         arrays[name] = tensor.detach().float().cpu().numpy()
 
     hooks = [
-        pipe.depth_guider.register_forward_hook(
-            lambda module, args, output: keep("depth_map", args[0]) or keep("depth_feature", output)
-        ),
         pipe.unet.register_forward_hook(
             lambda module, args, output: captured.setdefault("unet_io", (args[0], output[0])) and None
         ),
     ]
-    prepare_latents = pipe.prepare_latents
+    prepare_latents, encode_depth = pipe.prepare_latents, pipe.encode_depth
+
+    def capture_depth(*args):
+        feature, depth_map = encode_depth(*args)  # may come from the pipeline's cache
+        keep("depth_feature", feature)
+        keep("depth_map", depth_map)
+        return feature, depth_map
 
     def capture_latents(inputs, *args):
         reference_latents, latents, masked_latents = prepare_latents(inputs, *args)
@@ -75,7 +78,7 @@ def run_case(pipe, case: dict, **call_kwargs) -> dict[str, np.ndarray]:
         keep("final_latents", values["latents"])
         return values
 
-    pipe.prepare_latents = capture_latents
+    pipe.prepare_latents, pipe.encode_depth = capture_latents, capture_depth
     try:
         output = pipe(
             source_image=KIT / case["inputs"]["source"],
@@ -89,7 +92,7 @@ def run_case(pipe, case: dict, **call_kwargs) -> dict[str, np.ndarray]:
             **call_kwargs,
         )
     finally:
-        del pipe.prepare_latents
+        del pipe.prepare_latents, pipe.encode_depth
         for hook in hooks:
             hook.remove()
     if not case["keep_shape"]:

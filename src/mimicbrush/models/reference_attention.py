@@ -91,6 +91,8 @@ class ReferenceReadProcessor:
         **kwargs,
     ) -> torch.Tensor:
         reference = self.bank.features.get(self.name)
+        if self.bank.rows is not None and len(self.bank.rows) == 0:
+            reference = None  # no row reads the bank (e.g. a training batch that dropped every reference)
         query = _heads(attn, attn.to_q(hidden_states))
         key = _heads(attn, attn.to_k(hidden_states))
         value = _heads(attn, attn.to_v(hidden_states))

@@ -1,0 +1,480 @@
+"""The training config: YAML loading, `key=value` overrides and strict validation.
+
+Every key is documented in docs/training.md (the `data:` section in docs/data.md). Unknown keys,
+wrong types and out-of-range values raise `ConfigError` naming the key's full dotted path, for
+example `optim.lrr: unknown key`. Relative paths are taken relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data.config import DataConfig
+from ..errors import ConfigError
+from ..loading import DTYPES
+from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec
+
+DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "depth_guider")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+TOP_LEVEL_KEYS = ("seed", "output_dir", "model", "train", "optim", "checkpoint", "logging", "validation",
+                  "export", "data")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 loader that also reads `1e-5` as a float (PyYAML alone reads it as a string)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$"),
+    list("-+0123456789."),
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    pretrained: str | None = None  # a MimicBrush model to fine-tune (then `components` is empty)
+    depth_input_size: int | None = None  # None: the pretrained model's, else 518
+    components: Mapping[str, ComponentSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    max_steps: int = 1000
+    batch_size: int = 8  # per process
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    trainable: tuple[str, ...] = DEFAULT_TRAINABLE
+    reference_drop: float = 0.1
+    depth_drop: float = 0.5
+    max_grad_norm: float | None = 1.0
+    num_workers: int = 2
+    allow_tf32: bool = True
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adamw"
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 500
+    keep_last: int | None = 3  # None keeps every checkpoint
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    every_steps: int = 10
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    every_steps: int = 500  # 0: no sample edits
+    num_samples: int = 4
+    cases: Path | None = None  # folder of NAME_source.png / NAME_source_mask.png / NAME_reference.png
+    seed: int = 1
+    steps: int = 50
+    guidance: float = 5.0
+    keep_shape: bool = False
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    config_path: Path
+    seed: int
+    output_dir: Path
+    model: ModelConfig
+    train: TrainSettings
+    optim: OptimConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    validation: ValidationConfig
+    export: ExportConfig
+    data: DataConfig
+    document: Mapping[str, Any]  # the YAML document after overrides, kept with each run
+
+
+def load_train_config(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    max_steps: int | None = None,
+    output_dir: str | Path | None = None,
+) -> TrainConfig:
+    """Read, override and validate a training config. `output_dir` (from the command line) is
+    relative to the current directory; everything in the file is relative to the file."""
+    path = Path(path)
+    document = apply_overrides(read_yaml(path), overrides)
+    if max_steps is not None:
+        document = apply_overrides(document, [f"train.max_steps={max_steps}"])
+    if output_dir is not None:
+        document["output_dir"] = os.path.abspath(Path(output_dir).expanduser())
+    return parse_train_config(document, path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+    try:
+        document = yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_type_name(document)}")
+    return document
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-4` -> (['optim', 'lr'], 0.0001); the value is read as YAML."""
+    key, separator, value = text.partition("=")
+    if not separator or not key or not all(key.split(".")):
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=1e-4")
+    try:
+        parsed = yaml.load(value, Loader=ConfigLoader) if value else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({' '.join(str(error).split())})") from None
+    return key.split("."), parsed
+
+
+def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of `document` with each `dotted.key=value` set; missing mappings are created and
+    list items are addressed by index (`data.static.datasets.0.images=...`)."""
+    result = copy.deepcopy(dict(document))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node: Any = result
+        for depth, key in enumerate(keys[:-1]):
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                node = node[_list_index(key, node, where)]
+                continue
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {text!r}: {where} is a {type(node).__name__}, not a mapping")
+        if isinstance(node, list):
+            node[_list_index(keys[-1], node, ".".join(keys))] = value
+        else:
+            node[keys[-1]] = value
+    return result
+
+
+def _list_index(key: str, items: list, where: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(f"{where}: expected an index below {len(items)} into a list")
+    return int(key)
+
+
+def parse_train_config(document: Mapping[str, Any], config_path: Path) -> TrainConfig:
+    """Validate a whole (already overridden) document."""
+    base_dir = config_path.resolve().parent
+    root = Section(document, "", base_dir)
+    seed = root.integer("seed", 0, minimum=0)
+    output_dir = root.path("output_dir", None, optional=True)
+    if output_dir is None:
+        output_dir = Path.cwd() / "runs" / config_path.stem  # documented default
+    data_raw = root.take("data", None)
+    if data_raw is None:
+        raise ConfigError("data: required (see docs/data.md)")
+    config = TrainConfig(
+        config_path=config_path.resolve(),
+        seed=seed,
+        output_dir=output_dir,
+        model=_model(root.child("model")),
+        train=_train(root.child("train")),
+        optim=_optim(root.child("optim")),
+        checkpoint=_checkpoint(root.child("checkpoint")),
+        logging=_logging(root.child("logging")),
+        validation=_validation(root.child("validation")),
+        export=_export(root.child("export")),
+        data=DataConfig.from_dict(data_raw, base_dir=base_dir, path="data"),
+        document=copy.deepcopy(dict(document)),
+    )
+    root.finish()
+    _check_consistency(config)
+    return config
+
+
+def _model(section: Section) -> ModelConfig:
+    pretrained = section.source("pretrained")
+    depth_input_size = section.integer("depth_input_size", None, minimum=14, optional=True)
+    components = {}
+    for role in COMPONENT_ROLES:
+        entry = section.child(role)
+        if not entry.given:
+            continue
+        if pretrained is not None:
+            raise ConfigError(f"{entry.name}: not allowed with model.pretrained (the whole model comes from it)")
+        components[role] = _component(entry, role)
+    section.finish()
+    if pretrained is None:
+        for role in ("unet", "vae", "image_encoder", "depth_estimator"):
+            if role not in components:
+                raise ConfigError(f"model.{role}: required (give `pretrained` or `config`), "
+                                  "or set model.pretrained to fine-tune a MimicBrush model")
+    return ModelConfig(pretrained=pretrained, depth_input_size=depth_input_size, components=components)
+
+
+def _component(section: Section, role: str) -> ComponentSpec:
+    classes = COMPONENT_CLASSES[role]
+    class_name = section.choice("class", DEFAULT_CLASSES[role], tuple(classes))
+    pretrained = section.source("pretrained")
+    subfolder = section.string("subfolder", None, optional=True)
+    config = section.mapping("config")
+    section.finish()
+    if pretrained is not None and config:
+        raise ConfigError(f"{section.name}: give either `pretrained` or `config`, not both")
+    if subfolder is not None and pretrained is None:
+        raise ConfigError(f"{section.name}.subfolder: only used with `pretrained`")
+    classes[class_name].check_config(config, f"{section.name}.config")
+    return ComponentSpec(class_name=class_name, pretrained=pretrained, subfolder=subfolder, config=config)
+
+
+def _train(section: Section) -> TrainSettings:
+    defaults = TrainSettings()
+    trainable = section.string_list("trainable", defaults.trainable, COMPONENT_ROLES)
+    config = TrainSettings(
+        max_steps=section.integer("max_steps", defaults.max_steps, minimum=1),
+        batch_size=section.integer("batch_size", defaults.batch_size, minimum=1),
+        gradient_accumulation_steps=section.integer("gradient_accumulation_steps",
+                                                    defaults.gradient_accumulation_steps, minimum=1),
+        mixed_precision=section.choice("mixed_precision", defaults.mixed_precision, MIXED_PRECISION),
+        gradient_checkpointing=section.boolean("gradient_checkpointing", defaults.gradient_checkpointing),
+        trainable=trainable,
+        reference_drop=section.number("reference_drop", defaults.reference_drop, minimum=0.0, maximum=1.0),
+        depth_drop=section.number("depth_drop", defaults.depth_drop, minimum=0.0, maximum=1.0),
+        max_grad_norm=section.number("max_grad_norm", defaults.max_grad_norm, minimum=1e-12, optional=True),
+        num_workers=section.integer("num_workers", defaults.num_workers, minimum=0),
+        allow_tf32=section.boolean("allow_tf32", defaults.allow_tf32),
+    )
+    section.finish()
+    if not trainable:
+        raise ConfigError("train.trainable: at least one component must train")
+    return config
+
+
+def _optim(section: Section) -> OptimConfig:
+    defaults = OptimConfig()
+    betas = section.number_list("betas", defaults.betas, length=2, minimum=0.0, maximum=0.999999)
+    config = OptimConfig(
+        optimizer=section.choice("optimizer", defaults.optimizer, OPTIMIZERS),
+        lr=section.number("lr", defaults.lr, minimum=0.0, exclusive_minimum=True),
+        betas=(betas[0], betas[1]),
+        weight_decay=section.number("weight_decay", defaults.weight_decay, minimum=0.0),
+        eps=section.number("eps", defaults.eps, minimum=0.0, exclusive_minimum=True),
+        lr_scheduler=section.choice("lr_scheduler", defaults.lr_scheduler, LR_SCHEDULERS),
+        warmup_steps=section.integer("warmup_steps", defaults.warmup_steps, minimum=0),
+    )
+    section.finish()
+    return config
+
+
+def _checkpoint(section: Section) -> CheckpointConfig:
+    defaults = CheckpointConfig()
+    config = CheckpointConfig(
+        every_steps=section.integer("every_steps", defaults.every_steps, minimum=1),
+        keep_last=section.integer("keep_last", defaults.keep_last, minimum=1, optional=True),
+    )
+    section.finish()
+    return config
+
+
+def _logging(section: Section) -> LoggingConfig:
+    config = LoggingConfig(every_steps=section.integer("every_steps", LoggingConfig.every_steps, minimum=1))
+    section.finish()
+    return config
+
+
+def _validation(section: Section) -> ValidationConfig:
+    defaults = ValidationConfig()
+    config = ValidationConfig(
+        every_steps=section.integer("every_steps", defaults.every_steps, minimum=0),
+        num_samples=section.integer("num_samples", defaults.num_samples, minimum=1),
+        cases=section.path("cases", None, optional=True),
+        seed=section.integer("seed", defaults.seed, minimum=0),
+        steps=section.integer("steps", defaults.steps, minimum=1, maximum=1000),
+        guidance=section.number("guidance", defaults.guidance, minimum=0.0),
+        keep_shape=section.boolean("keep_shape", defaults.keep_shape),
+    )
+    section.finish()
+    return config
+
+
+def _export(section: Section) -> ExportConfig:
+    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)))
+    section.finish()
+    return config
+
+
+def _check_consistency(config: TrainConfig) -> None:
+    """Constraints between sections."""
+    if config.optim.warmup_steps and config.optim.lr_scheduler == "constant":
+        raise ConfigError("optim.warmup_steps: the constant schedule has no warmup (use constant_with_warmup)")
+    components = config.model.components
+    if "unet" in components and "reference_unet" not in components and components["unet"].pretrained is not None:
+        raise ConfigError("model.reference_unet: required when model.unet is pretrained "
+                          "(only a from-config U-Net can lend its architecture to the reference U-Net)")
+
+
+class Section:
+    """One mapping of the config: typed reads that remember which keys were read, so `finish`
+    can report the first unknown key with its full path."""
+
+    def __init__(self, raw: Any, name: str, base_dir: Path):
+        self.given = raw is not None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{name or 'config'}: expected a mapping, got {_type_name(raw)}")
+        self.raw = dict(raw)
+        self.name = name
+        self.base_dir = base_dir
+        self._read: list[str] = []
+
+    def where(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def finish(self) -> None:
+        for key in self.raw:
+            if key not in self._read:
+                close = difflib.get_close_matches(str(key), self._read, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{self.where(key)}: unknown key (known keys: {', '.join(self._read)}){hint}")
+
+    def take(self, key: str, default: Any) -> Any:
+        self._read.append(key)
+        return self.raw.get(key, default)
+
+    def child(self, key: str) -> Section:
+        return Section(self.take(key, None), self.where(key), self.base_dir)
+
+    def number(self, key, default, *, minimum=None, maximum=None, exclusive_minimum=False, optional=False):
+        value = self.take(key, default)
+        if value is None and optional:
+            return None
+        return _check_number(value, self.where(key), minimum, maximum, exclusive_minimum)
+
+    def number_list(self, key, default, *, length, minimum=None, maximum=None) -> tuple[float, ...]:
+        value = self.take(key, default)
+        where = self.where(key)
+        if not isinstance(value, (list, tuple)) or len(value) != length:
+            raise ConfigError(f"{where}: expected a list of {length} numbers, got {value!r}")
+        return tuple(_check_number(item, where, minimum, maximum) for item in value)
+
+    def integer(self, key, default, *, minimum=None, maximum=None, optional=False) -> int | None:
+        value = self.take(key, default)
+        if value is None and optional:
+            return None
+        where = self.where(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{where}: must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{where}: must be at most {maximum}, got {value}")
+        return value
+
+    def boolean(self, key, default) -> bool:
+        value = self.take(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where(key)}: expected true or false, got {_type_name(value)}")
+        return value
+
+    def string(self, key, default, *, optional=False) -> str | None:
+        value = self.take(key, default)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where(key)}: expected a non-empty string, got {_type_name(value)}")
+        return value
+
+    def choice(self, key, default, choices) -> str:
+        value = self.take(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.where(key)}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def string_list(self, key, default, choices) -> tuple[str, ...]:
+        value = self.take(key, default)
+        where = self.where(key)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {_type_name(value)}")
+        for item in value:
+            if item not in choices:
+                raise ConfigError(f"{where}: unknown entry {item!r} (expected some of {', '.join(choices)})")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{where}: an entry is listed twice")
+        return tuple(value)
+
+    def mapping(self, key) -> dict[str, Any]:
+        value = self.take(key, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self.where(key)}: expected a mapping, got {_type_name(value)}")
+        return copy.deepcopy(dict(value))
+
+    def path(self, key, default, *, optional=False) -> Path | None:
+        value = self.take(key, default)
+        if value is None:
+            if optional:
+                return None
+            raise ConfigError(f"{self.where(key)}: a path is required")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where(key)}: expected a path, got {_type_name(value)}")
+        return Path(os.path.abspath(self.base_dir / Path(value).expanduser()))
+
+    def source(self, key) -> str | None:
+        """A local path (made absolute, relative to the config) or a hub id `owner/name`."""
+        value = self.take(key, None)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where(key)}: expected a path or hub id, got {_type_name(value)}")
+        local = self.base_dir / Path(value).expanduser()
+        if local.exists() or value.startswith((".", "/", "~")) or value.count("/") != 1:
+            return os.path.abspath(local)
+        return value
+
+
+def _check_number(value, where, minimum, maximum, exclusive_minimum=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {_type_name(value)}")
+    if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+        raise ConfigError(f"{where}: must be {'above' if exclusive_minimum else 'at least'} {minimum:g}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{where}: must be at most {maximum:g}, got {value:g}")
+    return float(value)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"

@@ -1,0 +1,133 @@
+"""The training loss: noise-prediction MSE of the imitative U-Net, as one module.
+
+Per sample (all draws from one generator seeded by (seed, epoch, index), so a sample's noise does
+not depend on the batch size, the process count or a resume):
+- the source is VAE-encoded and noised at a timestep t; the imitative U-Net predicts the noise
+  from [noisy latent 4, mask 1, masked-image latent 4, depth feature 4], exactly the 13 channels
+  `MimicBrushPipeline.denoise` assembles;
+- the masked-image latent encodes the collage (the source with the masked region black, -1);
+- the reference U-Net runs on the clean reference latent at the same t and fills the bank; a
+  sample that keeps its reference reads it (it is in `bank.rows`); a dropped one (a share
+  `reference_drop`) gets the unconditional image embedding (the encoder on all-zero pixels) and
+  plain self-attention, as the guidance row at inference;
+- the depth input is zeroed for a share `depth_drop`, as inference does without shape control.
+
+All components run inside this module's forward, so DDP wraps one forward per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.depth import estimate_depth
+from ..models.image_encoder import penultimate_hidden_states
+from ..models.reference_attention import run_reference_unet
+from .components import COMPONENT_ROLES
+
+_DRAW_STREAM = 0x6D62  # keeps these draws independent of the dataset's, which share the seed tuple
+
+
+@dataclass(frozen=True)
+class DrawSettings:
+    seed: int
+    reference_drop: float
+    depth_drop: float
+    num_train_timesteps: int
+    latent_shape: tuple[int, int, int]  # C×h×w
+
+
+def draw_sample_randomness(settings: DrawSettings, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    """Every random choice the loss makes for one sample, in a fixed order, on the CPU in float32
+    (the same numbers on every device)."""
+    entropy = np.random.SeedSequence([settings.seed, epoch, index, _DRAW_STREAM]).generate_state(1, np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(entropy))
+    keep_reference = torch.rand((), generator=generator) >= settings.reference_drop
+    keep_depth = torch.rand((), generator=generator) >= settings.depth_drop
+    timestep = torch.randint(0, settings.num_train_timesteps, (), generator=generator)
+    noise = torch.randn(settings.latent_shape, generator=generator)
+    # posterior samples of the VAE for the source, the collage and the reference, in that order
+    posterior_noise = torch.randn((3, *settings.latent_shape), generator=generator)
+    return {"keep_reference": keep_reference, "keep_depth": keep_depth, "timestep": timestep,
+            "noise": noise, "posterior_noise": posterior_noise}
+
+
+class MimicBrushObjective(nn.Module):
+    """forward(batch) -> scalar loss. Trainable components are submodules (so DDP, the optimizer
+    and checkpoints see only them); frozen ones are held in a plain dict."""
+
+    def __init__(self, pipeline, trainable: Sequence[str]):
+        super().__init__()
+        self.parts: Mapping[str, nn.Module] = {role: getattr(pipeline, role) for role in COMPONENT_ROLES}
+        self.trainable = nn.ModuleDict({role: self.parts[role] for role in trainable})
+        self.bank = pipeline.bank
+        self.noise_scheduler = pipeline.scheduler.__class__.from_config(pipeline.scheduler.config)
+        self.resolution = pipeline.resolution
+
+    def _grad(self, role: str):
+        """Frozen components run without building a graph."""
+        return nullcontext() if role in self.trainable else torch.no_grad()
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        parts = self.parts
+        source, reference, mask = batch["source"], batch["reference"], batch["mask"]
+        keep_reference, keep_depth, timesteps = batch["keep_reference"], batch["keep_depth"], batch["timestep"]
+        noise = batch["noise"]
+        batch_size = source.shape[0]
+
+        # one VAE pass for source, collage (masked region black) and reference
+        collage = torch.where(mask > 0.5, torch.full_like(source, -1.0), source)
+        with self._grad("vae"):
+            posterior = parts["vae"].encode(torch.cat([source, collage, reference]).to(parts["vae"].dtype)).latent_dist
+        posterior_noise = batch["posterior_noise"].transpose(0, 1).reshape(3 * batch_size, *noise.shape[1:])
+        scale = parts["vae"].config.scaling_factor
+        latents_all = (posterior.mean.float() + posterior.std.float() * posterior_noise) * scale
+        latents, masked_latents, reference_latents = latents_all.chunk(3)
+
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        latent_mask = F.interpolate(mask, size=latents.shape[-2:], mode="nearest")
+
+        # dropped references see what the guidance row sees: the encoder on all-zero pixels
+        clip_pixels = torch.where(keep_reference.view(-1, 1, 1, 1), batch["clip_pixels"], 0.0)
+        with self._grad("image_encoder"):
+            tokens = penultimate_hidden_states(parts["image_encoder"], clip_pixels.to(parts["image_encoder"].dtype))
+        embeds = parts["image_proj"](tokens.to(parts["image_proj"].dtype))
+
+        depth_pixels = torch.where(keep_depth.view(-1, 1, 1, 1), batch["depth_pixels"], 0.0)
+        with self._grad("depth_estimator"):
+            depth_map = estimate_depth(parts["depth_estimator"], depth_pixels.to(parts["depth_estimator"].dtype))
+        depth_feature = parts["depth_guider"](depth_map.to(parts["depth_guider"].dtype), self.resolution)
+
+        participation = self._fill_bank(reference_latents, timesteps, embeds, keep_reference)
+        model_input = torch.cat([noisy_latents, latent_mask, masked_latents, depth_feature.float()], dim=1)
+        prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
+        # the bank stays filled until the next forward: gradient checkpointing re-reads it in backward
+        return F.mse_loss(prediction.float(), noise) + participation
+
+    def _fill_bank(self, reference_latents, timesteps, embeds, keep_reference) -> torch.Tensor:
+        """Run the reference U-Net for the samples that keep their reference; returns a zero term
+        for the loss (see below)."""
+        self.bank.clear()
+        kept = keep_reference.nonzero().flatten()
+        if len(kept):
+            run_reference_unet(self.parts["reference_unet"], reference_latents[kept], timesteps[kept], embeds[kept],
+                               self.bank)
+            self.bank.rows = kept
+            return reference_latents.new_zeros(())
+        # No sample keeps its reference: the imitative U-Net reads nothing, but the reference
+        # U-Net still runs on one row and joins the loss with weight 0, so its parameters get a
+        # (zero) gradient: DDP needs every trainable parameter in every backward pass.
+        run_reference_unet(self.parts["reference_unet"], reference_latents[:1], timesteps[:1], embeds[:1], self.bank)
+        participation = sum(feature.float().sum() for feature in self.bank.features.values()) * 0.0
+        self.bank.clear()
+        return participation
+
+
+def batch_to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}

@@ -1,0 +1,350 @@
+"""The training loop: accelerate for devices, mixed precision, accumulation and DDP; periodic
+atomic checkpoints, TensorBoard logs, sample edits, and an export at the end."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from .. import imaging
+from ..data import build_dataset
+from ..errors import ConfigError, MimicBrushError
+from ..fileio import write_atomic
+from ..pipeline import MimicBrushPipeline
+from .batches import DataFeed, DataPosition, TrainingSamples
+from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weights, use_unwrapped_weights
+from .components import COMPONENT_ROLES, build_components
+from .config import OptimConfig, TrainConfig
+from .export import export_pipeline
+from .objective import DrawSettings, MimicBrushObjective, batch_to_device
+from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
+                        summarize_unreached)
+from .validation import load_validation_cases, render_validation_grid
+
+
+class TrainingDiverged(MimicBrushError):
+    """The loss became NaN or infinite; training stops before the update that would spread it."""
+
+
+@dataclass
+class TrainingModel:
+    pipeline: MimicBrushPipeline  # every component; the sample edits and the export use it as is
+    objective: MimicBrushObjective
+
+
+def build_training_model(config: TrainConfig) -> TrainingModel:
+    """Components from the `model:` section, in float32 on the CPU, trainable ones set."""
+    components = build_components(config.model, config.data.resolution, config.seed)
+    pipeline = MimicBrushPipeline(**components)  # attaches the reference attention processors
+    pipeline.set_progress_bar_config(disable=True)
+    set_trainable({role: getattr(pipeline, role) for role in COMPONENT_ROLES}, config.train.trainable)
+    return TrainingModel(pipeline, MimicBrushObjective(pipeline, config.train.trainable))
+
+
+def model_fingerprint(config: TrainConfig) -> dict:
+    """What a checkpoint's weights belong to; resuming or exporting with another is an error."""
+    return {"model": config.document.get("model"), "trainable": list(config.train.trainable)}
+
+
+def train(config: TrainConfig, resume: str | None = None) -> Path:
+    """Train as configured (resuming from a checkpoint folder, or the latest with "latest") and
+    return the exported model folder."""
+    return Trainer(config, resume).run()
+
+
+def export_checkpoint(config: TrainConfig, checkpoint: str | None) -> Path:
+    """Export a checkpoint (a folder, or the latest for None/"latest") of this config's run to
+    `<output_dir>/model-step-NNNNNNNN`."""
+    store = CheckpointStore(config.output_dir / "checkpoints")
+    path = store.resolve(checkpoint)
+    if path is None:
+        raise ConfigError(f"--export: no checkpoint in {store.root}")
+    state = TrainerState.read(path)
+    _check_fingerprint(state, config, path)
+    model = build_training_model(config)
+    load_weights(model.objective, path / WEIGHTS_FILE)
+    return export_pipeline(model.pipeline, config.output_dir / f"model-step-{state.step:08d}", config.export.dtype)
+
+
+def _check_fingerprint(state: TrainerState, config: TrainConfig, path: Path) -> None:
+    if state.model != model_fingerprint(config):
+        raise ConfigError(f"{path} was made with a different model: section or train.trainable "
+                          f"than {config.config_path}")
+
+
+class Trainer:
+    """One run: set up in the constructor (resuming if asked), trained by `run()`."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None):
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.store = CheckpointStore(config.output_dir / "checkpoints")
+        self.accelerator = accelerator = make_accelerator(config)
+        use_unwrapped_weights(accelerator)
+        resume_from = self._checkpoint_to_resume(resume)
+        state = TrainerState.read(resume_from) if resume_from is not None else None
+        if state is not None:
+            _check_fingerprint(state, config, resume_from)
+        # global RNGs serve only randomness inside components (e.g. dropout); the loss's own
+        # draws come from per-sample generators
+        set_seed(config.seed, device_specific=True)
+        if accelerator.is_main_process:
+            self.store.remove_leftovers()
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            document = yaml.safe_dump(dict(config.document), sort_keys=False)
+            write_atomic(config.output_dir / "config.yaml", f"# {config.config_path} with overrides\n{document}")
+
+        # the data first: a wrong folder should fail before minutes of loading weights
+        pairs = build_dataset(config.data, seed=config.seed)
+        self.validation_cases = None
+        if config.validation.every_steps and accelerator.is_main_process:
+            self.validation_cases = load_validation_cases(config.validation, config.data)
+
+        model = build_training_model(config)
+        self.pipeline, self.objective = model.pipeline, model.objective
+        self._place_on_device()
+        unreached = self._freeze_unreached()
+        self.parameters = [p for p in self.objective.parameters() if p.requires_grad]
+        optimizer = make_optimizer(config.optim, self.parameters)
+        self.lr_scheduler = make_lr_scheduler(config, optimizer)
+        self.model, self.optimizer = accelerator.prepare(self.objective, optimizer)  # self.model: DDP-wrapped
+        accelerator.register_for_checkpointing(self.lr_scheduler)
+
+        self.step, position = 0, DataPosition()
+        if state is not None:
+            accelerator.load_state(str(resume_from))
+            self.step, position = state.step, DataPosition(state.epoch, state.sample_offset)
+            self._say(f"resuming from {resume_from} at step {state.step}")
+            if state.num_processes * state.batch_size != accelerator.num_processes * config.train.batch_size:
+                self._say("note: the global micro-batch changed since that checkpoint; the data continue from "
+                          "the same sample, but steps now hold a different number of samples")
+        self.feed = DataFeed(self._training_samples(pairs), config.seed, config.train.batch_size,
+                             accelerator.num_processes, accelerator.process_index, config.train.num_workers,
+                             pin_memory=accelerator.device.type == "cuda", position=position)
+        accelerator.init_trackers("mimicbrush")
+        self._describe(unreached)
+
+    # -----------------------------------------------------------------------------------------
+    # Setup
+
+    def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
+        existing = self.store.latest()
+        if resume is None:
+            if existing is not None:
+                raise ConfigError(f"{self.config.output_dir} already holds checkpoints: pass --resume to continue "
+                                  "that run, or choose another --output-dir")
+            return None
+        path = self.store.resolve(resume)
+        if path is None:
+            self._say(f"--resume: no checkpoint in {self.store.root} yet, starting from step 0")
+        return path
+
+    def _place_on_device(self) -> None:
+        """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones
+        are stored in the half dtype to save memory."""
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.train.mixed_precision)
+        for role, module in self.objective.parts.items():
+            module.to(self.accelerator.device)
+            if half is not None and role not in self.objective.trainable:
+                module.to(dtype=half)
+        if self.config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(self.objective.trainable.values())
+
+    def _latent_shape(self) -> tuple[int, int, int]:
+        side = self.config.data.resolution // self.pipeline.vae_scale_factor
+        return (self.pipeline.vae.config.latent_channels, side, side)
+
+    def _freeze_unreached(self) -> list[str]:
+        pipeline = self.pipeline
+        batch = probe_batch(self.config.data.resolution, self._latent_shape(), pipeline.clip_input_size,
+                            pipeline.config.depth_input_size, self.accelerator.device)
+        with self.accelerator.autocast():
+            return freeze_unreached(self.objective, batch)
+
+    def _training_samples(self, pairs) -> TrainingSamples:
+        pipeline, train = self.pipeline, self.config.train
+        draws = DrawSettings(seed=self.config.seed, reference_drop=train.reference_drop, depth_drop=train.depth_drop,
+                             num_train_timesteps=pipeline.scheduler.config.num_train_timesteps,
+                             latent_shape=self._latent_shape())
+        return TrainingSamples(pairs, draws, pipeline.clip_input_size, pipeline.config.depth_input_size)
+
+    def _describe(self, unreached: list[str]) -> None:
+        accelerator, train = self.accelerator, self.config.train
+        global_batch = train.batch_size * train.gradient_accumulation_steps * accelerator.num_processes
+        self._say(f"training on {accelerator.num_processes} process(es), {accelerator.device.type}, mixed precision "
+                  f"{train.mixed_precision}; {global_batch} samples per step "
+                  f"({train.batch_size} per process × {train.gradient_accumulation_steps} accumulated × "
+                  f"{accelerator.num_processes})")
+        sizes = ", ".join(
+            f"{role} {sum(p.numel() for p in self.objective.parts[role].parameters() if p.requires_grad) / 1e6:.2f}M"
+            for role in train.trainable)
+        self._say(f"trainable parameters: {sizes}")
+        if unreached:
+            self._say(f"frozen, never reached by the loss: {summarize_unreached(unreached)}")
+
+    def _say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    # -----------------------------------------------------------------------------------------
+    # The loop
+
+    def run(self) -> Path:
+        from tqdm import tqdm
+
+        config, accelerator = self.config, self.accelerator
+        max_steps = config.train.max_steps
+        if self.step >= max_steps:
+            self._say(f"the checkpoint is at step {self.step}, train.max_steps is {max_steps}: nothing to train")
+        samples_per_step = (config.train.batch_size * config.train.gradient_accumulation_steps
+                            * accelerator.num_processes)
+        progress = tqdm(total=max_steps, initial=self.step, desc="training", unit="step", file=sys.stderr,
+                        dynamic_ncols=True, disable=not accelerator.is_main_process)
+        window_losses, window_start = [], time.perf_counter()
+        try:
+            while self.step < max_steps:
+                window_losses.append(self._train_step())
+                self.step += 1
+                lr = self.lr_scheduler.get_last_lr()[0]
+                progress.update()
+                progress.set_postfix(loss=f"{window_losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+                final = self.step == max_steps
+                if self.step % config.logging.every_steps == 0 or final:
+                    elapsed = time.perf_counter() - window_start
+                    accelerator.log({"train/loss": float(np.mean(window_losses)), "train/lr": lr,
+                                     "train/samples_per_second": len(window_losses) * samples_per_step / elapsed,
+                                     "train/epoch": self.feed.position.epoch}, step=self.step)
+                    window_losses, window_start = [], time.perf_counter()
+                if self.step % config.checkpoint.every_steps == 0 or final:
+                    self._save_checkpoint(progress)
+                if config.validation.every_steps and self.step % config.validation.every_steps == 0:
+                    self._log_sample_edits()
+        finally:
+            progress.close()
+            self.objective.bank.clear()
+        target = config.output_dir / "model"
+        if accelerator.is_main_process:
+            export_pipeline(self.pipeline, target, config.export.dtype)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return target
+
+    def _train_step(self) -> float:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; the mean loss."""
+        accelerator, train = self.accelerator, self.config.train
+        losses = []
+        for micro_step in range(train.gradient_accumulation_steps):
+            batch = batch_to_device(next(self.feed), accelerator.device)
+            with accelerator.accumulate(self.model):
+                loss = self.model(batch)
+                mean_loss = accelerator.reduce(loss.detach().clone(), reduction="mean").item()
+                if not math.isfinite(mean_loss):
+                    self._diverged(mean_loss, micro_step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and train.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(self.parameters, train.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.objective.bank.clear()
+            losses.append(mean_loss)
+        if not accelerator.optimizer_step_was_skipped:  # fp16 skips steps with overflowing gradients
+            self.lr_scheduler.step()
+        return float(np.mean(losses))
+
+    def _diverged(self, value: float, micro_step: int) -> None:
+        latest = self.store.latest()
+        accumulation = self.config.train.gradient_accumulation_steps
+        where = f" (micro-batch {micro_step + 1} of {accumulation})" if accumulation > 1 else ""
+        raise TrainingDiverged(
+            f"loss is {value} at step {self.step + 1}{where}; stopped before that update. "
+            f"Last checkpoint: {latest if latest else 'none'}. Try a lower optim.lr, train.max_grad_norm, "
+            "or train.mixed_precision bf16 instead of fp16")
+
+    def _save_checkpoint(self, progress) -> None:
+        train = self.config.train
+        state = TrainerState(
+            step=self.step, epoch=self.feed.position.epoch, sample_offset=self.feed.position.offset,
+            num_processes=self.accelerator.num_processes, batch_size=train.batch_size,
+            gradient_accumulation_steps=train.gradient_accumulation_steps, model=model_fingerprint(self.config),
+        )
+        path = self.store.save(self.accelerator, state, self.config.checkpoint.keep_last)
+        if self.accelerator.is_main_process:
+            progress.write(f"checkpoint {path}", file=sys.stderr)
+
+    def _log_sample_edits(self) -> None:
+        """Edits of the validation cases with the current weights (main process; others wait)."""
+        accelerator, pipeline = self.accelerator, self.pipeline
+        if accelerator.is_main_process:
+            modules = [getattr(pipeline, role) for role in COMPONENT_ROLES]
+            modes = [module.training for module in modules]
+            for module in modules:
+                module.eval()
+            try:
+                grid = render_validation_grid(pipeline, self.validation_cases, self.config.validation)
+            finally:
+                for module, mode in zip(modules, modes, strict=True):
+                    module.train(mode)
+                self.objective.bank.clear()
+            writer = accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("validation/edits", grid, self.step, dataformats="HWC")
+            imaging.save_image(Image.fromarray(grid), self.config.output_dir / "samples" / f"step-{self.step:08d}.png",
+                               metadata={"step": self.step}, force=True)
+        accelerator.wait_for_everyone()
+
+
+def make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("training logs need tensorboard: pip install tensorboard (or mimicbrush[train])")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        mixed_precision=config.train.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(config.output_dir),
+                                            logging_dir=str(config.output_dir / "logs")),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:  # else every process would train alone, into one folder
+        raise ConfigError(f"launched as {launched} processes, but accelerate runs {accelerator.num_processes}: "
+                          "on CPU set ACCELERATE_USE_CPU=1 for torchrun (see docs/training.md)")
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
+        torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
+    return accelerator
+
+
+def make_optimizer(optim: OptimConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if optim.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise ConfigError("optim.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes, "
+                              "CUDA only), or use adamw") from None
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    return optimizer_class(parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps)
+
+
+def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    """Stepped once per optimizer step (not prepared by accelerate, which would step it once
+    per process)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(config.optim.lr_scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
+                         num_training_steps=config.train.max_steps)
