@@ -54,21 +54,11 @@ def run_preview(args: argparse.Namespace) -> int:
 
 def load_data_config(config_path: Path):
     """The validated `data:` section of a training YAML; other top-level keys are not checked here."""
-    import yaml
-
     from ..data.config import DataConfig
     from ..errors import ConfigError
+    from ..training.config import read_yaml  # the trainer's reader: same YAML rules (1e-5 is a number)
 
-    try:
-        text = config_path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {config_path}") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read config {config_path}: {error.strerror}") from error
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path}: not valid YAML ({' '.join(str(error).split())})") from error
-    if not isinstance(document, dict) or "data" not in document:
+    document = read_yaml(Path(config_path))
+    if "data" not in document:
         raise ConfigError(f"{config_path}: no 'data:' section")
-    return DataConfig.from_dict(document["data"], base_dir=config_path.resolve().parent)
+    return DataConfig.from_dict(document["data"], base_dir=Path(config_path).resolve().parent)
