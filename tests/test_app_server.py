@@ -34,14 +34,11 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_model(tmp_path_factory) -> str:
-    """The model the app serves here. Once the bundled demo model exists this becomes
-    `return str(mimicbrush.loading.default_model())`."""
-    from tiny_models import tiny_pipeline
+def demo_model() -> str:
+    """The model the app serves here: the bundled demo model."""
+    from mimicbrush.loading import default_model
 
-    folder = tmp_path_factory.mktemp("model")
-    tiny_pipeline().save_pretrained(folder)
-    return str(folder)
+    return str(default_model())
 
 
 def free_port() -> int:

@@ -1,0 +1,41 @@
+"""The bundled demo model loads offline, is self-contained and edits. (It does not imitate its
+reference yet: docs/demo-model.md has the measured ablation and what training would fix it.)"""
+
+import numpy as np
+import pytest
+import torch
+
+from mimicbrush import MimicBrushPipeline
+from mimicbrush.loading import default_model
+from mimicbrush.models.standins import LuminanceDepth, PixelShuffleAutoencoder
+
+DEMO_MODEL = default_model()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = MimicBrushPipeline.from_pretrained(DEMO_MODEL)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_bundled_model_is_small_and_self_contained(pipe):
+    size = sum(path.stat().st_size for path in DEMO_MODEL.rglob("*") if path.is_file())
+    # the issue's target is 40 MB; the shipped CPU run is 43 MiB (docs/demo-model.md): cap the growth
+    assert size <= 45 * 2**20
+    assert isinstance(pipe.vae, PixelShuffleAutoencoder) and isinstance(pipe.depth_estimator, LuminanceDepth)
+    assert pipe.resolution >= 128
+    assert (DEMO_MODEL / "README.md").is_file()  # the model card
+
+
+def test_bundled_model_edits_offline_at_the_sources_size(pipe):
+    from mimicbrush.examples import bundled_examples
+
+    example = bundled_examples()[1]
+    edit = np.asarray(pipe(source_image=example.source, mask_image=example.mask, reference_image=example.reference,
+                           num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0])
+    assert edit.shape == example.source.shape
+    far = np.ones(example.mask.shape, bool)
+    far[90:290, 280:550] = False  # the tank's box grown by the feathering
+    np.testing.assert_array_equal(edit[far], example.source[far])
+    assert np.abs(edit[150:260, 330:500].astype(int) - example.source[150:260, 330:500]).mean() > 1
