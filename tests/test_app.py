@@ -51,6 +51,18 @@ def test_examples_exist_offline_and_fit_their_sources(tmp_path):
     assert all(PIL.Image.open(row[2]).size == PIL.Image.open(row[0]).size for row in rows)
 
 
+def test_an_example_click_replaces_everything_and_clears_strokes(tmp_path):
+    from mimicbrush.app.demo_examples import write_examples
+    from mimicbrush.app.ui import example_values
+
+    rows, _ = write_examples(tmp_path)
+    for row in rows:
+        source, box, mask_path, reference, reference_box, keep, zoom = example_values(row)
+        assert source == {"background": row[0], "layers": [], "composite": row[0]}  # no strokes survive
+        assert reference == {"background": row[3], "layers": [], "composite": row[3]}
+        assert (box, mask_path, reference_box, keep, zoom) == ("", row[2], "", row[4], False)
+
+
 def test_painted_layers_become_the_mask():
     layer = np.zeros((64, 96, 4), np.uint8)
     layer[10:20, 30:50] = (255, 0, 0, 255)

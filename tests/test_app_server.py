@@ -179,6 +179,34 @@ def launch_chromium(playwright):
     )
 
 
+def paint_stroke(page, size: tuple[int, int], stroke: list[tuple[int, int]]) -> None:
+    """Drag the source editor's brush along `stroke` (image pixels), mapped to the screen through
+    the editor's zoom (the image is centred on its canvas)."""
+    width, height = size
+    zoom = float(page.locator("#source .zoom-number span").inner_text().strip().rstrip("%")) / 100
+    canvas = page.locator("#source canvas").first.bounding_box()
+    left = canvas["x"] + (canvas["width"] - width * zoom) / 2
+    top = canvas["y"] + (canvas["height"] - height * zoom) / 2
+    page.mouse.move(left + stroke[0][0] * zoom, top + stroke[0][1] * zoom)
+    page.mouse.down()
+    page.mouse.move(left + stroke[1][0] * zoom, top + stroke[1][1] * zoom, steps=10)
+    page.mouse.up()
+
+
+def run_and_download(page, steps: int, seed: int, path: Path) -> Path:
+    page.locator("#steps input[type=number]").fill(str(steps))
+    page.locator("#steps input[type=number]").press("Enter")
+    page.locator("#seed input").fill(str(seed))
+    page.locator("#run").click()
+    page.locator("#download").wait_for(state="visible", timeout=90_000)
+    page.get_by_text(f"seed {seed}").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    download.value.save_as(path)
+    return path
+
+
 def test_browser_paint_run_download(app_url, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     width, height = 240, 160
@@ -198,32 +226,13 @@ def test_browser_paint_run_download(app_url, tmp_path):
             page.locator("#run").click()
             page.get_by_text("The mask is empty").first.wait_for(timeout=30_000)
 
-            # paint a stroke: image coordinates → screen through the editor's zoom
-            zoom = float(page.locator("#source .zoom-number span").inner_text().strip().rstrip("%")) / 100
-            canvas = page.locator("#source canvas").first.bounding_box()
-            left = canvas["x"] + (canvas["width"] - width * zoom) / 2
-            top = canvas["y"] + (canvas["height"] - height * zoom) / 2
             stroke = [(90, 70), (150, 90)]
-            page.mouse.move(left + stroke[0][0] * zoom, top + stroke[0][1] * zoom)
-            page.mouse.down()
-            page.mouse.move(left + stroke[1][0] * zoom, top + stroke[1][1] * zoom, steps=10)
-            page.mouse.up()
+            paint_stroke(page, (width, height), stroke)
 
             page.locator("#reference input[type=file]").set_input_files(str(reference))
             page.wait_for_timeout(1000)
-            page.locator("#steps input[type=number]").fill("2")
-            page.locator("#steps input[type=number]").press("Enter")
-            page.locator("#seed input").fill("11")
-            page.locator("#run").click()
-            page.locator("#download").wait_for(state="visible", timeout=90_000)
-            page.get_by_text("seed 11").first.wait_for(timeout=30_000)
-            page.wait_for_timeout(500)
+            result_path = run_and_download(page, steps=2, seed=11, path=tmp_path / "result.png")
             page.screenshot(path=str(shots / "app-edit.png"), full_page=True)
-
-            with page.expect_download() as download:
-                page.locator("#download").click()
-            result_path = tmp_path / "result.png"
-            download.value.save_as(result_path)
         except Exception:
             page.screenshot(path=str(shots / "app-failure.png"), full_page=True)
             raise
@@ -239,3 +248,46 @@ def test_browser_paint_run_download(app_url, tmp_path):
     x0, y0, x1, y1 = box
     assert (np.abs(result - pixels(source))[y0:y1, x0:x1].sum(axis=2) > 0).mean() > 0.3
     assert (shots / "app-edit.png").stat().st_size > 0
+
+
+def test_browser_examples_last_click_wins_and_clears_strokes(app_url, tmp_path):
+    """Examples load in one click; a click while another example is still loading wins (it was
+    dropped with gr.Examples), and strokes painted before are cleared, not added to its mask."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    from mimicbrush.examples import bundled_examples
+
+    examples = bundled_examples()
+    tank = next(i for i, example in enumerate(examples) if example.name == "motorcycle-tank")
+    other = next(i for i, example in enumerate(examples) if example.source.shape != examples[tank].source.shape)
+    source, mask = examples[tank].source, examples[tank].mask
+    shots = artifacts_dir()
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+        try:
+            page.goto(app_url)
+            page.wait_for_selector("#examples tbody tr", timeout=60_000)
+            rows = page.locator("#examples tbody tr")
+            rows.nth(tank).click()
+            page.wait_for_timeout(4000)
+            # a stroke far from the tank's box, on the same photo: if it survived it would be edited
+            paint_stroke(page, (source.shape[1], source.shape[0]), [(80, 380), (200, 420)])
+            rows.nth(other).click()
+            page.wait_for_timeout(200)  # still loading
+            rows.nth(tank).click()
+            page.wait_for_timeout(4000)
+            assert not page.locator("#keep-shape input").is_checked()
+            result = pixels(run_and_download(page, steps=2, seed=7, path=tmp_path / "example.png"))
+            page.screenshot(path=str(shots / "app-example.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(shots / "app-example-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+    assert result.shape == source.shape  # the tank example's photo, at full resolution
+    rows_, cols_ = np.nonzero(mask)
+    box = (cols_.min(), rows_.min(), cols_.max() + 1, rows_.max() + 1)
+    assert changed_outside(result, source.astype(int), box, FEATHER) == 0
+    x0, y0, x1, y1 = box
+    assert (np.abs(result - source.astype(int))[y0:y1, x0:x1].sum(axis=2) > 0).mean() > 0.3

@@ -46,7 +46,7 @@ def bundled_examples() -> list[Example]:
     coffee = data.coffee()
     cup = _ellipse_mask(coffee.shape[:2], centre=(290, 150), radii=(115, 130))
     return [
-        Example("motorcycle-headlight", "part composition: a small region, the headlight (try auto zoom-in)",
+        Example("motorcycle-headlight", "part composition: the small headlight (try auto zoom-in)",
                 left, _box_mask(left.shape[:2], (500, 110, 575, 200)), right, keep_shape=False),
         Example("motorcycle-tank", "part composition: repaint the fuel tank from the other view",
                 left, _box_mask(left.shape[:2], (330, 140, 500, 260)), right, keep_shape=False),

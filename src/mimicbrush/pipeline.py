@@ -16,6 +16,7 @@ from . import editing, imaging
 from .errors import InputError
 from .models.depth import DepthGuider, estimate_depth
 from .models.image_encoder import ImageProjection, penultimate_hidden_states
+from .models.standins import PixelShuffleAutoencoder
 from .models.reference_attention import ReferenceBank, attach_reference_attention, run_reference_unet
 
 
@@ -56,7 +57,7 @@ class MimicBrushPipeline(DiffusionPipeline):
         self,
         unet: UNet2DConditionModel,
         reference_unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | PixelShuffleAutoencoder,  # the stand-in: demo and test models
         image_encoder: nn.Module,
         image_proj: ImageProjection,
         depth_estimator: nn.Module,

@@ -240,9 +240,36 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
     # --- examples --------------------------------------------------------------------------------
 
     if examples_dir is not None:
-        rows, labels = app_examples.write_examples(examples_dir)
-        gr.Examples(
-            rows, [source, box, mask_file, reference, keep_shape],
-            cache_examples=False, label="Examples (one click loads them)",
-            example_labels=labels, api_visibility="private", elem_id="examples",
-        )
+        add_examples(examples_dir, [source, box, mask_file, reference, reference_box, keep_shape, zoom])
+
+
+def example_values(row: list) -> tuple:
+    """An example row as values for [source, box, mask file, reference, reference box, keep shape,
+    zoom]: the editors get a fresh value with no painted layers, so strokes from before go."""
+    source_path, box_text, mask_path, reference_path, keep = row
+
+    def editor(path):
+        return {"background": path, "layers": [], "composite": path}
+
+    return editor(source_path), box_text, mask_path, editor(reference_path), "", bool(keep), False
+
+
+def add_examples(examples_dir: str, targets: list) -> gr.Dataset:
+    """The bundled examples as a gallery of thumbnails; a click loads one into `targets`.
+
+    Not gr.Examples: with each value it re-sends the inputs' constructor settings, which makes the
+    image editors rebuild their canvases, and that keeps its click event pending for a second or
+    two; the event's trigger_mode is Gradio's default "once", so a click on another example in that
+    time was dropped and the page kept the older example. Here only values are sent, the editors
+    keep their canvases, and the last click always wins.
+    """
+    rows, labels = app_examples.write_examples(examples_dir)
+    gallery = gr.Dataset(
+        components=[gr.Image(visible=False), gr.Image(visible=False), gr.Textbox(visible=False)],
+        headers=["Source", "Reference", "Example"],
+        samples=[[row[0], row[3], label] for row, label in zip(rows, labels)],
+        label="Examples (one click loads them)", type="index", elem_id="examples", samples_per_page=8,
+    )
+    gallery.click(lambda index: example_values(rows[index]), gallery, targets, api_visibility="private",
+                  queue=False, trigger_mode="always_last", show_progress="hidden")
+    return gallery
