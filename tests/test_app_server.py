@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -179,6 +180,33 @@ def launch_chromium(playwright):
     )
 
 
+@contextmanager
+def browser_page(app_url: str, failure_shot: str):
+    """A Chromium page on the app; on failure a full-page screenshot `failure_shot` goes to the
+    artifacts folder."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+        try:
+            page.goto(app_url)
+            page.wait_for_selector("#run", timeout=60_000)
+            yield page
+        except Exception:
+            page.screenshot(path=str(artifacts_dir() / failure_shot), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def assert_edited_only_near(result: np.ndarray, source: np.ndarray, box, margin: int) -> None:
+    """Nothing changed farther than `margin` from `box`, and most of the box did change."""
+    assert result.shape == source.shape  # full resolution
+    assert changed_outside(result, source, box, margin) == 0
+    x0, y0, x1, y1 = box
+    assert (np.abs(result - source)[y0:y1, x0:x1].sum(axis=2) > 0).mean() > 0.3
+
+
 def paint_stroke(page, size: tuple[int, int], stroke: list[tuple[int, int]]) -> None:
     """Drag the source editor's brush along `stroke` (image pixels), mapped to the screen through
     the editor's zoom (the image is centred on its canvas)."""
@@ -208,86 +236,53 @@ def run_and_download(page, steps: int, seed: int, path: Path) -> Path:
 
 
 def test_browser_paint_run_download(app_url, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     width, height = 240, 160
     source = photo(tmp_path / "source.png", width, height, seed=2)
     reference = photo(tmp_path / "reference.png", 96, 96, seed=3)
     shots = artifacts_dir()
-    with sync_api.sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
-        try:
-            page.goto(app_url)
-            page.wait_for_selector("#run", timeout=60_000)
+    with browser_page(app_url, "app-failure.png") as page:
+        # an empty mask is refused with a clear message
+        page.locator("#source input[type=file]").set_input_files(str(source))
+        page.wait_for_timeout(1500)
+        page.locator("#run").click()
+        page.get_by_text("The mask is empty").first.wait_for(timeout=30_000)
 
-            # an empty mask is refused with a clear message
-            page.locator("#source input[type=file]").set_input_files(str(source))
-            page.wait_for_timeout(1500)
-            page.locator("#run").click()
-            page.get_by_text("The mask is empty").first.wait_for(timeout=30_000)
+        stroke = [(90, 70), (150, 90)]
+        paint_stroke(page, (width, height), stroke)
+        page.locator("#reference input[type=file]").set_input_files(str(reference))
+        page.wait_for_timeout(1000)
+        result_path = run_and_download(page, steps=2, seed=11, path=tmp_path / "result.png")
+        page.screenshot(path=str(shots / "app-edit.png"), full_page=True)
 
-            stroke = [(90, 70), (150, 90)]
-            paint_stroke(page, (width, height), stroke)
-
-            page.locator("#reference input[type=file]").set_input_files(str(reference))
-            page.wait_for_timeout(1000)
-            result_path = run_and_download(page, steps=2, seed=11, path=tmp_path / "result.png")
-            page.screenshot(path=str(shots / "app-edit.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(shots / "app-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-
-    result = pixels(result_path)
-    assert result.shape == pixels(source).shape  # full resolution
     # the brush's radius is the editor's choice ("auto": a fraction of the image), so allow a
     # generous band around the stroke; far from it nothing may change, and inside it something must
-    box = (stroke[0][0], stroke[0][1], stroke[1][0], stroke[1][1])
-    assert changed_outside(result, pixels(source), box, margin=40) == 0
-    x0, y0, x1, y1 = box
-    assert (np.abs(result - pixels(source))[y0:y1, x0:x1].sum(axis=2) > 0).mean() > 0.3
+    assert_edited_only_near(pixels(result_path), pixels(source), (*stroke[0], *stroke[1]), margin=40)
     assert (shots / "app-edit.png").stat().st_size > 0
 
 
 def test_browser_examples_last_click_wins_and_clears_strokes(app_url, tmp_path):
     """Examples load in one click; a click while another example is still loading wins (it was
     dropped with gr.Examples), and strokes painted before are cleared, not added to its mask."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     from mimicbrush.examples import bundled_examples
 
     examples = bundled_examples()
     tank = next(i for i, example in enumerate(examples) if example.name == "motorcycle-tank")
     other = next(i for i, example in enumerate(examples) if example.source.shape != examples[tank].source.shape)
     source, mask = examples[tank].source, examples[tank].mask
-    shots = artifacts_dir()
-    with sync_api.sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
-        try:
-            page.goto(app_url)
-            page.wait_for_selector("#examples tbody tr", timeout=60_000)
-            rows = page.locator("#examples tbody tr")
-            rows.nth(tank).click()
-            page.wait_for_timeout(4000)
-            # a stroke far from the tank's box, on the same photo: if it survived it would be edited
-            paint_stroke(page, (source.shape[1], source.shape[0]), [(80, 380), (200, 420)])
-            rows.nth(other).click()
-            page.wait_for_timeout(200)  # still loading
-            rows.nth(tank).click()
-            page.wait_for_timeout(4000)
-            assert not page.locator("#keep-shape input").is_checked()
-            result = pixels(run_and_download(page, steps=2, seed=7, path=tmp_path / "example.png"))
-            page.screenshot(path=str(shots / "app-example.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(shots / "app-example-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+    with browser_page(app_url, "app-example-failure.png") as page:
+        rows = page.locator("#examples tbody tr")
+        rows.nth(tank).click()
+        page.wait_for_timeout(4000)
+        # a stroke far from the tank's box, on the same photo: if it survived it would be edited
+        paint_stroke(page, (source.shape[1], source.shape[0]), [(80, 380), (200, 420)])
+        rows.nth(other).click()
+        page.wait_for_timeout(200)  # still loading
+        rows.nth(tank).click()
+        page.wait_for_timeout(4000)
+        assert not page.locator("#keep-shape input").is_checked()
+        result = pixels(run_and_download(page, steps=2, seed=7, path=tmp_path / "example.png"))
+        page.screenshot(path=str(artifacts_dir() / "app-example.png"), full_page=True)
 
-    assert result.shape == source.shape  # the tank example's photo, at full resolution
     rows_, cols_ = np.nonzero(mask)
     box = (cols_.min(), rows_.min(), cols_.max() + 1, rows_.max() + 1)
-    assert changed_outside(result, source.astype(int), box, FEATHER) == 0
-    x0, y0, x1, y1 = box
-    assert (np.abs(result - source.astype(int))[y0:y1, x0:x1].sum(axis=2) > 0).mean() > 0.3
+    assert_edited_only_near(result, source.astype(int), box, FEATHER)

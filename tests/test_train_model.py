@@ -236,3 +236,28 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     assert gradients[0].keys() == gradients[1].keys()
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_loss_target_follows_the_prediction_type(tmp_path, prediction_type):
+    model = build_training_model(tiny_config(tmp_path, f"model.prediction_type={prediction_type}"))
+    scheduler = model.pipeline.scheduler
+    assert scheduler.config.prediction_type == prediction_type  # exported with the model: the sampler reads it
+    outputs = {}
+    model.pipeline.unet.register_forward_hook(lambda module, args, output: outputs.update(prediction=output[0]))
+    seen = capture_inputs(model)
+    batch = sample_batch([True, True, False], [True, False, True])
+    with torch.no_grad():
+        loss = model.objective(batch)
+    # the clean latents, recovered from the noisy U-Net input the loss built
+    alphas = scheduler.alphas_cumprod[batch["timestep"]].view(-1, 1, 1, 1)
+    noisy = seen["unet"][0][0][:, :4]
+    latents = (noisy - (1 - alphas).sqrt() * batch["noise"]) / alphas.sqrt()
+    target = {"epsilon": batch["noise"], "sample": latents,
+              "v_prediction": alphas.sqrt() * batch["noise"] - (1 - alphas).sqrt() * latents}[prediction_type]
+    torch.testing.assert_close(loss, F.mse_loss(outputs["prediction"], target), atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_prediction_type_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model.prediction_type: expected one of epsilon, v_prediction, sample"):
+        tiny_config(tmp_path, "model.prediction_type=x0")

@@ -16,5 +16,7 @@ RELEASE_SCHEDULER_CONFIG = dict(
 )
 
 
-def release_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(**RELEASE_SCHEDULER_CONFIG)
+def release_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """The release's DDIM; `prediction_type` is what the U-Net predicts (the release: "epsilon";
+    models trained by us may use "v_prediction" or "sample", which DDIM's step handles)."""
+    return DDIMScheduler(**{**RELEASE_SCHEDULER_CONFIG, "prediction_type": prediction_type})

@@ -172,7 +172,9 @@ def build_components(model_config, resolution: int, seed: int) -> dict[str, Any]
     if model_config.depth_input_size is not None:
         components["depth_input_size"] = model_config.depth_input_size
     components.setdefault("depth_input_size", DEFAULT_DEPTH_INPUT_SIZE)
-    components["scheduler"] = release_scheduler()
+    # the release's sampler; a fine-tuned model keeps what its U-Net predicts unless told otherwise
+    inherited = components.pop("prediction_type", "epsilon")
+    components["scheduler"] = release_scheduler(model_config.prediction_type or inherited)
     _fit_to_resolution(components, resolution)
     check_compatible(components, resolution)
     return components
@@ -184,6 +186,7 @@ def _from_mimicbrush(pretrained: str) -> dict[str, Any]:
     pipe = MimicBrushPipeline.from_pretrained(pretrained, torch_dtype=torch.float32)
     components = {role: getattr(pipe, role) for role in COMPONENT_ROLES}
     components["depth_input_size"] = pipe.config.depth_input_size
+    components["prediction_type"] = pipe.scheduler.config.prediction_type
     return components
 
 

@@ -26,6 +26,7 @@ from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, Com
 DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "depth_guider")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names, kept in the scheduler config
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 TOP_LEVEL_KEYS = ("seed", "output_dir", "model", "train", "optim", "checkpoint", "logging", "validation",
                   "export", "data")
@@ -46,6 +47,8 @@ ConfigLoader.add_implicit_resolver(
 class ModelConfig:
     pretrained: str | None = None  # a MimicBrush model to fine-tune (then `components` is empty)
     depth_input_size: int | None = None  # None: the pretrained model's, else 518
+    # what the imitative U-Net predicts; None: the pretrained model's scheduler's, else "epsilon"
+    prediction_type: str | None = None
     components: Mapping[str, ComponentSpec] = field(default_factory=dict)
 
 
@@ -229,6 +232,10 @@ def parse_train_config(document: Mapping[str, Any], config_path: Path) -> TrainC
 def _model(section: Section) -> ModelConfig:
     pretrained = section.source("pretrained")
     depth_input_size = section.integer("depth_input_size", None, minimum=14, optional=True)
+    prediction_type = section.take("prediction_type", None)
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"{section.where('prediction_type')}: expected one of {', '.join(PREDICTION_TYPES)}, "
+                          f"got {prediction_type!r}")
     components = {}
     for role in COMPONENT_ROLES:
         entry = section.child(role)
@@ -243,7 +250,8 @@ def _model(section: Section) -> ModelConfig:
             if role not in components:
                 raise ConfigError(f"model.{role}: required (give `pretrained` or `config`), "
                                   "or set model.pretrained to fine-tune a MimicBrush model")
-    return ModelConfig(pretrained=pretrained, depth_input_size=depth_input_size, components=components)
+    return ModelConfig(pretrained=pretrained, depth_input_size=depth_input_size, prediction_type=prediction_type,
+                       components=components)
 
 
 def _component(section: Section, role: str) -> ComponentSpec:

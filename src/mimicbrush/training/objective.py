@@ -1,4 +1,5 @@
-"""The training loss: noise-prediction MSE of the imitative U-Net, as one module.
+"""The training loss: the imitative U-Net's denoising MSE (noise, velocity or clean-latent
+prediction, as the scheduler's prediction_type says), as one module.
 
 Per sample (all draws from one generator seeded by (seed, epoch, index), so a sample's noise does
 not depend on the batch size, the process count or a resume):
@@ -108,7 +109,19 @@ class MimicBrushObjective(nn.Module):
         model_input = torch.cat([noisy_latents, latent_mask, masked_latents, depth_feature.float()], dim=1)
         prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
         # the bank stays filled until the next forward: gradient checkpointing re-reads it in backward
-        return F.mse_loss(prediction.float(), noise) + participation
+        return F.mse_loss(prediction.float(), self.target(latents, noise, timesteps)) + participation
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the U-Net learns to predict, as the scheduler's `prediction_type` says (the sampler
+        reads the same setting, so training and inference agree)."""
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        if kind == "sample":
+            return latents
+        raise ValueError(f"unsupported prediction_type {kind!r}")
 
     def _fill_bank(self, reference_latents, timesteps, embeds, keep_reference) -> torch.Tensor:
         """Run the reference U-Net for the samples that keep their reference; returns a zero term
