@@ -62,7 +62,7 @@ def test_preview_writes_sheet_samples_and_summary(synthetic_config, tmp_path, ca
     "data_section, message",
     [
         ({"video": {"roots": ["../nowhere"]}}, "data.video.roots[0]: folder not found"),
-        ({"video": {"roots": ["."], "colour": 1}}, "data.video: unknown key 'colour'"),
+        ({"video": {"roots": ["."], "colour": 1}}, "data.video.colour: unknown key"),
         ({"video": {"roots": ["."], "ssim_band": [0.999, 1.0], "max_tries": 2}}, "no frame pair with SSIM"),
     ],
 )

@@ -50,22 +50,22 @@ def test_absent_section_means_weight_zero_and_null_cache_disables_disk():
 @pytest.mark.parametrize(
     "section, message",
     [
-        (minimal(foo=1), "data: unknown key 'foo'"),
-        ({"video": {"roots": ["x"], "ssim_bnad": [0.1, 0.2]}}, "data.video: unknown key 'ssim_bnad'"),
-        (minimal(augment={"rotate": 3}), "data.augment: unknown key 'rotate'"),
+        (minimal(foo=1), "data.foo: unknown key"),
+        ({"video": {"roots": ["x"], "ssim_bnad": [0.1, 0.2]}}, "did you mean 'ssim_band'"),
+        (minimal(augment={"rotate": 3}), "data.augment.rotate: unknown key"),
         (minimal(static={"datasets": [{"images": "x", "masks": "y"}]}),
-         "data.static.datasets[0]: unknown key 'masks'"),
+         "data.static.datasets[0].masks: unknown key"),
         (minimal(static={"datasets": [{"images": "x"}], "felzenszwalb": {"k": 1}}),
-         "data.static.felzenszwalb: unknown key 'k'"),
-        ({"video": {"roots": ["x"], "mask_kinds": {"segment": 1}}}, "data.video.mask_kinds: unknown key 'segment'"),
+         "data.static.felzenszwalb.k: unknown key"),
+        ({"video": {"roots": ["x"], "mask_kinds": {"segment": 1}}}, "data.video.mask_kinds.segment: unknown key"),
         (minimal(resolution="big"), "data.resolution: expected an integer"),
         (minimal(resolution=100), "data.resolution: must be a multiple of 8"),
         (minimal(resolution=True), "data.resolution: expected an integer"),
         ({"video": {"roots": ["x"], "ssim_band": [0.9, 0.3]}}, "data.video.ssim_band: first value must not exceed"),
-        ({"video": {"roots": ["x"], "ssim_band": 0.5}}, "data.video.ssim_band: expected a list of two values"),
+        ({"video": {"roots": ["x"], "ssim_band": 0.5}}, "data.video.ssim_band: expected a list of 2 numbers"),
         ({"video": {"roots": ["x"], "weight": -1}}, "data.video.weight: must be at least 0"),
         ({"video": {"roots": [3]}}, "data.video.roots[0]: expected a path"),
-        (minimal(masking={"grid_sizes": [1, 10]}), "data.masking.grid_sizes: values must be at least 2"),
+        (minimal(masking={"grid_sizes": [1, 10]}), "data.masking.grid_sizes: must be at least 2"),
         (minimal(masking={"keypoints": "surf"}), "data.masking.keypoints: expected one of sift, orb"),
         (minimal(masking={"p_matched": 1.5}), "data.masking.p_matched: must be at most 1"),
         (minimal(augment={"border": "wrap"}), "data.augment.border: expected one of"),
@@ -81,7 +81,7 @@ def test_errors_name_the_key(section, message):
 
 
 def test_path_prefix_is_configurable():
-    with pytest.raises(ConfigError, match=r"^train\.data: unknown key 'oops'"):
+    with pytest.raises(ConfigError, match=r"^train\.data\.oops: unknown key"):
         DataConfig.from_dict(minimal(oops=1), base_dir="/base", path="train.data")
 
 

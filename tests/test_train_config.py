@@ -39,7 +39,7 @@ def test_defaults_and_values_are_read(config_file):
     ("model.depth_estimator.config.backbone_config.hiden_size=8",
      "model.depth_estimator.config.backbone_config.hiden_size: unknown key"),
     ("model.vae.klass=AutoencoderKL", "model.vae.klass: unknown key"),
-    ("data.video.foo=1", "data.video: unknown key 'foo'"),
+    ("data.video.foo=1", "data.video.foo: unknown key"),
 ])
 def test_unknown_keys_are_errors_naming_the_path(config_file, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

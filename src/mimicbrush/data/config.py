@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config_reader import Section
 from ..errors import ConfigError
 
 VIDEO_MASK_KINDS = ("grid", "box")
@@ -106,7 +107,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, base_dir: str | Path, path: str = "data") -> DataConfig:
         """Validate a parsed `data:` mapping; relative paths are taken relative to `base_dir`."""
-        section = _Section(raw, path, Path(base_dir))
+        section = Section(raw, path, Path(base_dir))
         config = cls(
             resolution=section.integer("resolution", cls.resolution, minimum=32, multiple_of=8),
             samples_per_epoch=section.integer("samples_per_epoch", cls.samples_per_epoch, minimum=1),
@@ -122,7 +123,7 @@ class DataConfig:
         return config
 
 
-def _video(section: _Section) -> VideoConfig:
+def _video(section: Section) -> VideoConfig:
     defaults = VideoConfig()
     config = VideoConfig(
         weight=section.number("weight", DEFAULT_VIDEO_WEIGHT if section.given else 0.0, minimum=0.0),
@@ -140,10 +141,10 @@ def _video(section: _Section) -> VideoConfig:
     return config
 
 
-def _static(section: _Section) -> StaticConfig:
+def _static(section: Section) -> StaticConfig:
     datasets = []
     for index, item in enumerate(section.items("datasets")):
-        entry = _Section(item, f"{section.name}.datasets[{index}]", section.base_dir)
+        entry = Section(item, f"{section.name}.datasets[{index}]", section.base_dir)
         datasets.append(
             StaticDatasetConfig(
                 images=entry.path("images", None),
@@ -164,7 +165,7 @@ def _static(section: _Section) -> StaticConfig:
     return config
 
 
-def _felzenszwalb(section: _Section) -> FelzenszwalbConfig:
+def _felzenszwalb(section: Section) -> FelzenszwalbConfig:
     defaults = FelzenszwalbConfig()
     config = FelzenszwalbConfig(
         scale=section.number("scale", defaults.scale, minimum=1e-6),
@@ -176,7 +177,7 @@ def _felzenszwalb(section: _Section) -> FelzenszwalbConfig:
     return config
 
 
-def _augment(section: _Section) -> AugmentConfig:
+def _augment(section: Section) -> AugmentConfig:
     defaults = AugmentConfig()
     config = AugmentConfig(
         crop_scale=section.number_pair("crop_scale", defaults.crop_scale, minimum=1e-3, maximum=1.0),
@@ -196,7 +197,7 @@ def _augment(section: _Section) -> AugmentConfig:
     return config
 
 
-def _masking(section: _Section) -> MaskingConfig:
+def _masking(section: Section) -> MaskingConfig:
     defaults = MaskingConfig()
     config = MaskingConfig(
         grid_sizes=section.integer_pair("grid_sizes", defaults.grid_sizes, minimum=2),  # 1x1 cannot be partly masked
@@ -211,149 +212,3 @@ def _masking(section: _Section) -> MaskingConfig:
     )
     section.finish()
     return config
-
-
-_MISSING = object()
-
-
-class _Section:
-    """One mapping of the config: typed reads that remember which keys were consumed."""
-
-    def __init__(self, raw: Any, name: str, base_dir: Path):
-        self.given = raw is not None  # `video: null` counts as absent
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{name}: expected a mapping, got {_type_name(raw)}")
-        self.raw = dict(raw)
-        self.name = name
-        self.base_dir = base_dir
-        self._read: list[str] = []
-
-    def finish(self) -> None:
-        for key in self.raw:
-            if key not in self._read:
-                known = ", ".join(self._read)
-                raise ConfigError(f"{self.name}: unknown key '{key}' (known keys: {known})")
-
-    def child(self, key: str) -> _Section:
-        return _Section(self._take(key, None), f"{self.name}.{key}", self.base_dir)
-
-    def _take(self, key: str, default: Any) -> Any:
-        self._read.append(key)
-        return self.raw.get(key, default)
-
-    def _where(self, key: str) -> str:
-        return f"{self.name}.{key}"
-
-    def number(self, key, default, *, minimum=None, maximum=None) -> float:
-        return _check_number(self._take(key, default), self._where(key), minimum, maximum)
-
-    def integer(self, key, default, *, minimum=None, multiple_of=None, optional=False) -> int | None:
-        value = self._take(key, default)
-        if value is None and optional:
-            return None
-        where = self._where(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)}")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{where}: must be at least {minimum}, got {value}")
-        if multiple_of is not None and value % multiple_of:
-            raise ConfigError(f"{where}: must be a multiple of {multiple_of}, got {value}")
-        return value
-
-    def number_pair(self, key, default, *, minimum=None, maximum=None) -> tuple[float, float]:
-        where = self._where(key)
-        low, high = (_check_number(v, where, minimum, maximum) for v in self._pair(key, default))
-        if low > high:
-            raise ConfigError(f"{where}: first value must not exceed the second, got [{low:g}, {high:g}]")
-        return (low, high)
-
-    def integer_pair(self, key, default, *, minimum=None) -> tuple[int, int]:
-        where = self._where(key)
-        values = self._pair(key, default)
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where}: expected two integers, got {_type_name(value)}")
-            if minimum is not None and value < minimum:
-                raise ConfigError(f"{where}: values must be at least {minimum}, got {value}")
-        if values[0] > values[1]:
-            raise ConfigError(f"{where}: first value must not exceed the second, got {list(values)}")
-        return (values[0], values[1])
-
-    def _pair(self, key, default) -> tuple[Any, Any]:
-        value = self._take(key, default)
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise ConfigError(f"{self._where(key)}: expected a list of two values, got {value!r}")
-        return (value[0], value[1])
-
-    def choice(self, key, default, choices) -> str:
-        value = self._take(key, default)
-        if value not in choices:
-            raise ConfigError(f"{self._where(key)}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def items(self, key) -> list[Any]:
-        value = self._take(key, [])
-        if value is None:
-            return []
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{self._where(key)}: expected a list, got {_type_name(value)}")
-        return list(value)
-
-    def path(self, key, default, *, optional=False) -> Path | None:
-        value = self._take(key, _MISSING)
-        if value is _MISSING:
-            value = default
-        if value is None:
-            if optional:
-                return None
-            raise ConfigError(f"{self._where(key)}: a path is required")
-        return self._resolve(value, self._where(key))
-
-    def path_list(self, key) -> tuple[Path, ...]:
-        where = self._where(key)
-        value = self._take(key, [])
-        if isinstance(value, (str, Path)):
-            value = [value]  # a single root is common enough to accept unwrapped
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list of paths, got {_type_name(value)}")
-        return tuple(self._resolve(item, f"{where}[{index}]") for index, item in enumerate(value))
-
-    def _resolve(self, value: Any, where: str) -> Path:
-        if isinstance(value, Path):
-            value = str(value)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: expected a path, got {_type_name(value)}")
-        candidate = Path(value).expanduser()
-        if not candidate.is_absolute():
-            candidate = self.base_dir / candidate
-        return Path(os.path.abspath(candidate))  # absolute: clip paths key the SSIM cache
-
-    def weights(self, key, default, allowed) -> dict[str, float]:
-        where = self._where(key)
-        value = self._take(key, default)
-        if not isinstance(value, Mapping) or not value:
-            raise ConfigError(f"{where}: expected a mapping of kind to weight, got {value!r}")
-        weights = {}
-        for kind, weight in value.items():
-            if kind not in allowed:
-                raise ConfigError(f"{where}: unknown key '{kind}' (known keys: {', '.join(allowed)})")
-            weights[kind] = _check_number(weight, f"{where}.{kind}", 0.0, None)
-        if sum(weights.values()) <= 0:
-            raise ConfigError(f"{where}: at least one weight must be positive")
-        return weights
-
-
-def _check_number(value: Any, where: str, minimum: float | None, maximum: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {_type_name(value)}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{where}: must be at least {minimum:g}, got {value:g}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{where}: must be at most {maximum:g}, got {value:g}")
-    return float(value)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"

@@ -8,7 +8,6 @@ example `optim.lrr: unknown key`. Relative paths are taken relative to the confi
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..config_reader import Section, type_name
 from ..data.config import DataConfig
 from ..errors import ConfigError
 from ..loading import DTYPES
@@ -153,7 +153,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {_type_name(document)}")
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type_name(document)}")
     return document
 
 
@@ -232,10 +232,7 @@ def parse_train_config(document: Mapping[str, Any], config_path: Path) -> TrainC
 def _model(section: Section) -> ModelConfig:
     pretrained = section.source("pretrained")
     depth_input_size = section.integer("depth_input_size", None, minimum=14, optional=True)
-    prediction_type = section.take("prediction_type", None)
-    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
-        raise ConfigError(f"{section.where('prediction_type')}: expected one of {', '.join(PREDICTION_TYPES)}, "
-                          f"got {prediction_type!r}")
+    prediction_type = section.choice("prediction_type", None, PREDICTION_TYPES, optional=True)
     components = {}
     for role in COMPONENT_ROLES:
         entry = section.child(role)
@@ -353,136 +350,3 @@ def _check_consistency(config: TrainConfig) -> None:
     if "unet" in components and "reference_unet" not in components and components["unet"].pretrained is not None:
         raise ConfigError("model.reference_unet: required when model.unet is pretrained "
                           "(only a from-config U-Net can lend its architecture to the reference U-Net)")
-
-
-class Section:
-    """One mapping of the config: typed reads that remember which keys were read, so `finish`
-    can report the first unknown key with its full path."""
-
-    def __init__(self, raw: Any, name: str, base_dir: Path):
-        self.given = raw is not None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{name or 'config'}: expected a mapping, got {_type_name(raw)}")
-        self.raw = dict(raw)
-        self.name = name
-        self.base_dir = base_dir
-        self._read: list[str] = []
-
-    def where(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
-
-    def finish(self) -> None:
-        for key in self.raw:
-            if key not in self._read:
-                close = difflib.get_close_matches(str(key), self._read, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{self.where(key)}: unknown key (known keys: {', '.join(self._read)}){hint}")
-
-    def take(self, key: str, default: Any) -> Any:
-        self._read.append(key)
-        return self.raw.get(key, default)
-
-    def child(self, key: str) -> Section:
-        return Section(self.take(key, None), self.where(key), self.base_dir)
-
-    def number(self, key, default, *, minimum=None, maximum=None, exclusive_minimum=False, optional=False):
-        value = self.take(key, default)
-        if value is None and optional:
-            return None
-        return _check_number(value, self.where(key), minimum, maximum, exclusive_minimum)
-
-    def number_list(self, key, default, *, length, minimum=None, maximum=None) -> tuple[float, ...]:
-        value = self.take(key, default)
-        where = self.where(key)
-        if not isinstance(value, (list, tuple)) or len(value) != length:
-            raise ConfigError(f"{where}: expected a list of {length} numbers, got {value!r}")
-        return tuple(_check_number(item, where, minimum, maximum) for item in value)
-
-    def integer(self, key, default, *, minimum=None, maximum=None, optional=False) -> int | None:
-        value = self.take(key, default)
-        if value is None and optional:
-            return None
-        where = self.where(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)}")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{where}: must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{where}: must be at most {maximum}, got {value}")
-        return value
-
-    def boolean(self, key, default) -> bool:
-        value = self.take(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.where(key)}: expected true or false, got {_type_name(value)}")
-        return value
-
-    def string(self, key, default, *, optional=False) -> str | None:
-        value = self.take(key, default)
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.where(key)}: expected a non-empty string, got {_type_name(value)}")
-        return value
-
-    def choice(self, key, default, choices) -> str:
-        value = self.take(key, default)
-        if value not in choices:
-            raise ConfigError(f"{self.where(key)}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def string_list(self, key, default, choices) -> tuple[str, ...]:
-        value = self.take(key, default)
-        where = self.where(key)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {_type_name(value)}")
-        for item in value:
-            if item not in choices:
-                raise ConfigError(f"{where}: unknown entry {item!r} (expected some of {', '.join(choices)})")
-        if len(set(value)) != len(value):
-            raise ConfigError(f"{where}: an entry is listed twice")
-        return tuple(value)
-
-    def mapping(self, key) -> dict[str, Any]:
-        value = self.take(key, {})
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{self.where(key)}: expected a mapping, got {_type_name(value)}")
-        return copy.deepcopy(dict(value))
-
-    def path(self, key, default, *, optional=False) -> Path | None:
-        value = self.take(key, default)
-        if value is None:
-            if optional:
-                return None
-            raise ConfigError(f"{self.where(key)}: a path is required")
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.where(key)}: expected a path, got {_type_name(value)}")
-        return Path(os.path.abspath(self.base_dir / Path(value).expanduser()))
-
-    def source(self, key) -> str | None:
-        """A local path (made absolute, relative to the config) or a hub id `owner/name`."""
-        value = self.take(key, None)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.where(key)}: expected a path or hub id, got {_type_name(value)}")
-        local = self.base_dir / Path(value).expanduser()
-        if local.exists() or value.startswith((".", "/", "~")) or value.count("/") != 1:
-            return os.path.abspath(local)
-        return value
-
-
-def _check_number(value, where, minimum, maximum, exclusive_minimum=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {_type_name(value)}")
-    if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
-        raise ConfigError(f"{where}: must be {'above' if exclusive_minimum else 'at least'} {minimum:g}, got {value:g}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{where}: must be at most {maximum:g}, got {value:g}")
-    return float(value)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"
