@@ -26,6 +26,8 @@ def test_bundled_model_is_small_and_self_contained(pipe):
     assert isinstance(pipe.vae, PixelShuffleAutoencoder) and isinstance(pipe.depth_estimator, LuminanceDepth)
     assert pipe.resolution >= 128
     assert (DEMO_MODEL / "README.md").is_file()  # the model card
+    # no config names the machine it was trained on
+    assert not any("_name_or_path" in path.read_text() for path in DEMO_MODEL.rglob("config.json"))
 
 
 def test_bundled_model_edits_offline_at_the_sources_size(pipe):

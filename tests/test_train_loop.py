@@ -142,3 +142,20 @@ def test_command_line_trains_and_prints_the_model(tmp_path, images, capsys):
     assert "no checkpoint in" in captured.err and "training on 1 process(es)" in captured.err
     assert main(["train", str(config_path), "--output-dir", str(tmp_path / "cli"), "--export"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "model-step-00000001")
+
+
+def test_export_does_not_record_where_the_start_weights_came_from(tmp_path):
+    """A pipeline loaded with from_pretrained remembers its folder (`_name_or_path`); the trained
+    model's export must not name it (it ships, and the folder is often a temp one)."""
+    import json
+
+    from mimicbrush.training.export import export_pipeline
+    from tiny_models import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "start")
+    loaded = MimicBrushPipeline.from_pretrained(tmp_path / "start")
+    assert str(loaded.unet.config._name_or_path) == str(tmp_path / "start" / "unet")  # what diffusers records
+    export_pipeline(loaded, tmp_path / "model", "fp32")
+    configs = list((tmp_path / "model").rglob("config.json"))
+    assert configs and not any("_name_or_path" in json.loads(path.read_text()) for path in configs)
+    MimicBrushPipeline.from_pretrained(tmp_path / "model")  # still loads

@@ -22,6 +22,7 @@ def export_pipeline(pipeline, target: Path, dtype: str) -> Path:
         # cast only what differs: diffusers warns on every cast
         if isinstance(module, torch.nn.Module) and any(p.dtype != target_dtype for p in module.parameters()):
             module.to(dtype=target_dtype)
+        _forget_origin(module)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
     try:
         pipeline.save_pretrained(staging, safe_serialization=True)
@@ -34,3 +35,13 @@ def export_pipeline(pipeline, target: Path, dtype: str) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _forget_origin(module) -> None:
+    """Drop `_name_or_path`, which diffusers' from_pretrained records and save_pretrained writes:
+    after training it names a folder the weights no longer come from (often a temp folder)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    config = getattr(module, "_internal_dict", None)
+    if config is not None and "_name_or_path" in config:
+        module._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "_name_or_path"})
