@@ -23,12 +23,41 @@ class Augmented:
     homography: np.ndarray  # 3×3, input pixel coordinates -> output pixel coordinates
 
 
-def augment(image: np.ndarray, size: int, config: AugmentConfig, rng: np.random.Generator) -> Augmented:
+def augment(image: np.ndarray, size: int, config: AugmentConfig, rng: np.random.Generator, *,
+            colour: bool = True) -> Augmented:
+    """Geometry, then (unless `colour` is off: the pair shares one jitter) the colour jitter."""
     homography = sample_homography(image.shape[1], image.shape[0], size, config, rng)
     warped = warp_image(image, homography, size, border=config.border)
-    if rng.random() < config.color_p:
+    if colour and rng.random() < config.color_p:
         warped = jitter_colour(warped, config, rng)
     return Augmented(warped, homography)
+
+
+def pair_colour(images: list[np.ndarray], config: AugmentConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """The same colour jitter (with `shared_color`) and the same remap (with probability
+    `pair_remap_p`) on every image of a pair: both get identical draws."""
+    seed = int(rng.integers(2**63))
+    jitter = config.shared_color and rng.random() < config.color_p
+    remap = rng.random() < config.pair_remap_p
+    out = []
+    for image in images:
+        local = np.random.default_rng(seed)
+        if jitter:
+            image = jitter_colour(image, config, local)
+        if remap:
+            image = remap_colours(image, local)
+        out.append(image)
+    return out
+
+
+def remap_colours(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random hue turn, then a random channel order, then inversion with probability ¼."""
+    hsv = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(0.0, 360.0)) % 360.0
+    pixels = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[..., rng.permutation(3)]
+    if rng.random() < 0.25:
+        pixels = 1.0 - pixels
+    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def sample_homography(width: int, height: int, size: int, config: AugmentConfig,

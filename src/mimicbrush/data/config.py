@@ -15,7 +15,7 @@ from typing import Any
 from ..config_reader import Section
 from ..errors import ConfigError
 
-VIDEO_MASK_KINDS = ("grid", "box")
+VIDEO_MASK_KINDS = ("grid", "box", "segment")
 STATIC_MASK_KINDS = ("grid", "box", "segment")
 SEGMENT_FORMATS = ("auto", "sa1b", "label_map", "felzenszwalb")
 KEYPOINT_METHODS = ("sift", "orb")
@@ -40,6 +40,8 @@ class VideoConfig:
     max_frame_gap: int | None = None
     max_tries: int = 20
     mask_kinds: Mapping[str, float] = field(default_factory=lambda: {"grid": 1.0})
+    # label maps of the clips' frames: <segments>/<clip folder or video stem>/<frame stem>.png
+    segments: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ class AugmentConfig:
     hue: float = 0.05
     color_p: float = 0.8
     border: str = "reflect"
+    # one colour jitter for both images of a pair instead of one each (the paper: one each)
+    shared_color: bool = False
+    # probability of one random colour remap (hue turn, channel order, inversion) applied to both
+    # images of a pair: the masked content's colours can then come only from the reference, not
+    # from having seen the scene before
+    pair_remap_p: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,10 +142,16 @@ def _video(section: Section) -> VideoConfig:
         max_frame_gap=section.integer("max_frame_gap", None, minimum=1, optional=True),
         max_tries=section.integer("max_tries", defaults.max_tries, minimum=1),
         mask_kinds=section.weights("mask_kinds", defaults.mask_kinds, VIDEO_MASK_KINDS),
+        segments=section.path("segments", None, optional=True),
     )
     section.finish()
     if config.weight > 0 and not config.roots and config.manifest is None:
         raise ConfigError(f"{section.name}: weight is {config.weight:g} but neither roots nor manifest is given")
+    if config.mask_kinds.get("segment", 0) > 0 and config.segments is None:
+        raise ConfigError(f"{section.name}.mask_kinds: segment masks on video frames need {section.name}.segments "
+                          "(a folder of label maps per clip)")
+    if config.segments is not None and not config.segments.is_dir():
+        raise ConfigError(f"{section.name}.segments: folder not found: {config.segments}")
     return config
 
 
@@ -192,6 +206,8 @@ def _augment(section: Section) -> AugmentConfig:
         hue=section.number("hue", defaults.hue, minimum=0.0, maximum=0.5),
         color_p=section.number("color_p", defaults.color_p, minimum=0.0, maximum=1.0),
         border=section.choice("border", defaults.border, BORDER_MODES),
+        shared_color=section.boolean("shared_color", defaults.shared_color),
+        pair_remap_p=section.number("pair_remap_p", defaults.pair_remap_p, minimum=0.0, maximum=1.0),
     )
     section.finish()
     return config

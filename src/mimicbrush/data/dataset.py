@@ -14,12 +14,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, InputError
-from .augment import augment, resize_homography, shrink, warp_points
+from .augment import Augmented, augment, pair_colour, resize_homography, shrink, warp_points
 from .config import DataConfig
 from .frame_pairs import FramePairSampler
 from .keypoints import Matches, match_keypoints
 from .masking import box_mask, grid_mask, segment_mask
 from .ssim import SsimCache, cache_file
+from .segments import read_label_map_segments
 from .static import StaticImage, list_static_images, load_segments, read_static_image
 from .video import list_clips
 
@@ -52,6 +53,7 @@ class _Draw:
     description: str
     static_item: StaticImage | None = None
     ssim: float | None = None
+    label_map: Path | None = None  # the video source frame's label map, when the clips have them
 
 
 class PairDataset(Dataset):
@@ -98,8 +100,14 @@ class PairDataset(Dataset):
         size = self.config.resolution
         # augment on a canvas large enough for keypoints to be found, then shrink to S
         work_size = max(size, self.config.masking.keypoint_resolution)
-        source_work = augment(draw.source, work_size, self.config.augment, rng)
-        reference_work = augment(draw.reference, work_size, self.config.augment, rng)
+        augment_config = self.config.augment
+        own_colour = not augment_config.shared_color
+        source_work = augment(draw.source, work_size, augment_config, rng, colour=own_colour)
+        reference_work = augment(draw.reference, work_size, augment_config, rng, colour=own_colour)
+        if augment_config.shared_color or augment_config.pair_remap_p > 0:
+            images = pair_colour([source_work.image, reference_work.image], augment_config, rng)
+            source_work = Augmented(images[0], source_work.homography)
+            reference_work = Augmented(images[1], reference_work.homography)
         source, reference = shrink(source_work, size), shrink(reference_work, size)
         mask_kinds = self.config.static.mask_kinds if draw.static_item else self.config.video.mask_kinds
         kind = _choose(mask_kinds, rng)
@@ -108,8 +116,9 @@ class PairDataset(Dataset):
         if kind == "box":
             mask = box_mask(size, self.config.masking, rng)
         elif kind == "segment":
-            segments = load_segments(draw.static_item, draw.source, self.config.static.felzenszwalb)
-            mask = segment_mask(segments, source.homography, size, self.config.masking, rng)
+            segments = self._segments(draw)
+            if segments is not None:
+                mask = segment_mask(segments, source.homography, size, self.config.masking, rng)
         if mask is None:  # a grid was asked for, or no segment fits the area band on this crop
             if matches is None:
                 matches = self._match(source_work.image, reference_work.image)
@@ -138,7 +147,18 @@ class PairDataset(Dataset):
         if pair is None:
             return None
         description = f"{pair.clip.key} frames {pair.source_index}->{pair.reference_index}"
-        return _Draw(pair.source, pair.reference, description, ssim=pair.ssim)
+        segments = self.config.video.segments
+        label_map = pair.clip.label_map_path(segments, pair.source_index) if segments is not None else None
+        return _Draw(pair.source, pair.reference, description, ssim=pair.ssim, label_map=label_map)
+
+    def _segments(self, draw: _Draw):
+        """The source's segments: the still's, or the video frame's label map (None: the frame
+        has none, and a grid mask is used instead)."""
+        if draw.static_item is not None:
+            return load_segments(draw.static_item, draw.source, self.config.static.felzenszwalb)
+        if draw.label_map is None or not draw.label_map.is_file():
+            return None
+        return read_label_map_segments(draw.label_map, draw.source.shape[:2])
 
     def _draw_static(self, rng: np.random.Generator) -> _Draw:
         item = self.static_images[rng.integers(len(self.static_images))]

@@ -29,6 +29,10 @@ class Clip:
         """RGB uint8 frames, in the order of `indices`."""
         raise NotImplementedError
 
+    def label_map_path(self, segments: Path, index: int) -> Path:
+        """Where frame `index`'s label map lies under a clips' segments folder."""
+        raise NotImplementedError
+
 
 class FrameFolderClip(Clip):
     def __init__(self, folder: Path, frames: list[Path]):
@@ -41,6 +45,9 @@ class FrameFolderClip(Clip):
 
     def read_frames(self, indices: list[int]) -> list[np.ndarray]:
         return [read_rgb(self.frames[index]) for index in indices]
+
+    def label_map_path(self, segments: Path, index: int) -> Path:
+        return segments / self.frames[index].parent.name / f"{self.frames[index].stem}.png"
 
 
 class VideoFileClip(Clip):
@@ -56,6 +63,9 @@ class VideoFileClip(Clip):
     def frame_count(self) -> int:
         self._index()
         return len(self._timestamps)
+
+    def label_map_path(self, segments: Path, index: int) -> Path:
+        return segments / self.path.stem / f"{index:05d}.png"
 
     def _index(self) -> None:
         # demuxing reads packet headers only, so indexing a clip costs milliseconds
