@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", nargs="?", const="latest", metavar="CKPT",
                         help="do not train: export a checkpoint (default: the latest) to "
                              "OUTPUT_DIR/model-step-N and print its path")
+    parser.add_argument("--measure-imitation", metavar="MODEL",
+                        help="do not train: measure the config's imitation metric (imitation:, docs/training.md) "
+                             "on MODEL (a model folder or hub id; 'bundled' for the bundled demo model) and print "
+                             "it as JSON")
     parser.set_defaults(func=run)
 
 
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None and export is not None:
         raise ConfigError("--resume and --export do not go together")
     config = load_train_config(args.config, overrides, max_steps=args.max_steps, output_dir=args.output_dir)
+    if args.measure_imitation is not None:
+        return _measure(args.measure_imitation, config)
     path = export_checkpoint(config, export) if export is not None else train(config, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, one process prints
         print(path)
@@ -70,3 +76,17 @@ def _give_back_override(value: str | None, overrides: list[str]) -> str | None:
         overrides.insert(0, value)
         return "latest"
     return value
+
+
+def _measure(model: str, config) -> int:
+    import json
+
+    from ..errors import ConfigError
+    from ..loading import default_model
+    from ..training.imitation import measure_model
+
+    if config.imitation.data is None:
+        raise ConfigError(f"--measure-imitation: {config.config_path} has no imitation.data section")
+    results = measure_model(str(default_model()) if model == "bundled" else model, config.imitation)
+    print(json.dumps(results, indent=1))
+    return 0

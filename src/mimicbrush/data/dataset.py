@@ -88,6 +88,9 @@ class PairDataset(Dataset):
             "reference": _to_unit_range(pair.reference),
             "mask": torch.from_numpy(pair.mask).float()[None],
             "source_uint8": torch.from_numpy(pair.source),  # S×S×3, for the depth estimator
+            # where each source pixel lies in the reference: known exactly for a still (one image
+            # augmented twice), unknown for video frames (all zeros)
+            "source_to_reference": torch.from_numpy(source_to_reference(pair)).float(),
         }
 
     def sample_pair(self, index: int, *, epoch: int | None = None, with_debug: bool = False) -> TrainingPair:
@@ -174,6 +177,14 @@ class PairDataset(Dataset):
         to_canvas = resize_homography(scale, scale)
         return Matches(warp_points(matches.source, to_canvas).astype(np.float32),
                        warp_points(matches.reference, to_canvas).astype(np.float32))
+
+
+def source_to_reference(pair: TrainingPair) -> np.ndarray:
+    """The 3×3 map from source canvas pixels to reference canvas pixels of a still pair, or
+    all zeros for a video pair (no dense correspondence is known)."""
+    if pair.origin != "static":
+        return np.zeros((3, 3))
+    return pair.reference_homography @ np.linalg.inv(pair.source_homography)
 
 
 def build_dataset(config: DataConfig, seed: int) -> PairDataset:

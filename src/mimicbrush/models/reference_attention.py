@@ -43,9 +43,14 @@ class ReferenceBank:
     rows: torch.Tensor | None = None
     faithful: bool = False
     stop_after: str | None = None
+    # training with correspondence supervision: each reader keeps its reading rows' attention
+    # logits over the bank (rows × heads × tokens × bank tokens), under its name
+    record_logits: bool = False
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.features.clear()
+        self.logits.clear()
         self.rows = None
 
 
@@ -115,6 +120,8 @@ class ReferenceReadProcessor:
                     torch.cat([value[rows], reference_value], dim=2),
                 )
                 plain_rows = plain[rows]
+                if self.bank.record_logits:  # the same scores the joint attention gives the bank
+                    self.bank.logits[self.name] = query[rows] @ reference_key.transpose(-1, -2) * attn.scale
             plain = plain.index_copy(0, rows, 0.5 * joint + 0.5 * plain_rows)
         output = attn.to_out[0](_merge_heads(plain).to(query.dtype))
         return attn.to_out[1](output)

@@ -42,10 +42,27 @@ class TrainingSamples(Dataset):
         source_uint8 = item.pop("source_uint8").numpy()
         # the item's float reference is uint8/127.5 - 1, so this round trip is exact
         reference_uint8 = ((item["reference"] + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        item["clip_pixels"] = torch.from_numpy(imaging.to_clip_pixels(reference_uint8, self.clip_size)[0])
-        item["depth_pixels"] = torch.from_numpy(imaging.to_depth_pixels(source_uint8, self.depth_size)[0])
+        item.update(encoder_inputs(source_uint8, reference_uint8, self.clip_size, self.depth_size))
         item.update(draw_sample_randomness(self.draws, self.pairs.epoch, index))
         return item
+
+
+def encoder_inputs(source: np.ndarray, reference: np.ndarray, clip_size: int, depth_size: int) -> dict[str, torch.Tensor]:
+    """The image encoder's input (from the reference) and the depth estimator's (from the
+    source), with inference's own preprocessing; images are H×W×3 uint8."""
+    return {"clip_pixels": torch.from_numpy(imaging.to_clip_pixels(reference, clip_size)[0]),
+            "depth_pixels": torch.from_numpy(imaging.to_depth_pixels(source, depth_size)[0])}
+
+
+def loss_inputs(source: np.ndarray, reference: np.ndarray, mask: np.ndarray, draws: DrawSettings, index: int,
+                clip_size: int, depth_size: int) -> dict[str, torch.Tensor]:
+    """One sample for the objective from S×S×3 uint8 images and an S×S {0, 1} mask, with the
+    draws of sample `index` (epoch 0)."""
+    def unit(image):
+        return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+    return {"source": unit(source), "reference": unit(reference), "mask": torch.from_numpy(mask).float()[None],
+            **encoder_inputs(source, reference, clip_size, depth_size), **draw_sample_randomness(draws, 0, index)}
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names, kept in the scheduler config
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 TOP_LEVEL_KEYS = ("seed", "output_dir", "model", "train", "optim", "checkpoint", "logging", "validation",
-                  "export", "data")
+                  "imitation", "export", "data")
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -65,6 +65,8 @@ class TrainSettings:
     max_grad_norm: float | None = 1.0
     num_workers: int = 2
     allow_tf32: bool = True
+    mask_loss_weight: float = 1.0  # weight of the masked region's error in the loss (1: plain MSE)
+    correspondence_weight: float = 0.0  # correspondence supervision of the reference attention (0: off)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,17 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class ImitationConfig:
+    """The held-out imitation metric (mimicbrush.training.imitation); off without `data`."""
+
+    every_steps: int = 0  # 0: only at the end of training
+    num_pairs: int = 48
+    timesteps: tuple[int, ...] = (200, 500, 800)
+    seed: int = 7
+    data: DataConfig | None = None
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     dtype: str = "fp32"
 
@@ -119,6 +132,7 @@ class TrainConfig:
     export: ExportConfig
     data: DataConfig
     document: Mapping[str, Any]  # the YAML document after overrides, kept with each run
+    imitation: ImitationConfig = ImitationConfig()
 
 
 def load_train_config(
@@ -223,6 +237,7 @@ def parse_train_config(document: Mapping[str, Any], config_path: Path) -> TrainC
         export=_export(root.child("export")),
         data=DataConfig.from_dict(data_raw, base_dir=base_dir, path="data"),
         document=copy.deepcopy(dict(document)),
+        imitation=_imitation(root.child("imitation")),
     )
     root.finish()
     _check_consistency(config)
@@ -282,6 +297,9 @@ def _train(section: Section) -> TrainSettings:
         max_grad_norm=section.number("max_grad_norm", defaults.max_grad_norm, minimum=1e-12, optional=True),
         num_workers=section.integer("num_workers", defaults.num_workers, minimum=0),
         allow_tf32=section.boolean("allow_tf32", defaults.allow_tf32),
+        mask_loss_weight=section.number("mask_loss_weight", defaults.mask_loss_weight, minimum=0.0,
+                                        exclusive_minimum=True),
+        correspondence_weight=section.number("correspondence_weight", defaults.correspondence_weight, minimum=0.0),
     )
     section.finish()
     if not trainable:
@@ -333,6 +351,27 @@ def _validation(section: Section) -> ValidationConfig:
         keep_shape=section.boolean("keep_shape", defaults.keep_shape),
     )
     section.finish()
+    return config
+
+
+def _imitation(section: Section) -> ImitationConfig:
+    defaults = ImitationConfig()
+    timesteps = section.take("timesteps", list(defaults.timesteps))
+    if (not isinstance(timesteps, list) or not timesteps
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in timesteps)):
+        raise ConfigError(f"{section.where('timesteps')}: expected a non-empty list of integers >= 0, "
+                          f"got {timesteps!r}")
+    data_raw = section.take("data", None)
+    config = ImitationConfig(
+        every_steps=section.integer("every_steps", defaults.every_steps, minimum=0),
+        num_pairs=section.integer("num_pairs", defaults.num_pairs, minimum=2),
+        timesteps=tuple(timesteps),
+        seed=section.integer("seed", defaults.seed, minimum=0),
+        data=None if data_raw is None else DataConfig.from_dict(data_raw, section.base_dir, section.where("data")),
+    )
+    section.finish()
+    if section.given and config.data is None:
+        raise ConfigError(f"{section.where('data')}: required (the held-out pairs to measure imitation on)")
     return config
 
 

@@ -31,6 +31,7 @@ from ..models.depth import estimate_depth
 from ..models.image_encoder import penultimate_hidden_states
 from ..models.reference_attention import run_reference_unet
 from .components import COMPONENT_ROLES
+from .correspondence import correspondence_loss
 
 _DRAW_STREAM = 0x6D62  # keeps these draws independent of the dataset's, which share the seed tuple
 
@@ -59,12 +60,27 @@ def draw_sample_randomness(settings: DrawSettings, epoch: int, index: int) -> di
             "noise": noise, "posterior_noise": posterior_noise}
 
 
+@dataclass
+class Prediction:
+    prediction: torch.Tensor  # the imitative U-Net's output
+    latents: torch.Tensor  # the clean source latent
+    noisy_latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    latent_mask: torch.Tensor  # 1 = masked, at the latent's size
+    participation: torch.Tensor  # a zero that keeps every reference U-Net parameter in the graph
+
+
 class MimicBrushObjective(nn.Module):
     """forward(batch) -> scalar loss. Trainable components are submodules (so DDP, the optimizer
     and checkpoints see only them); frozen ones are held in a plain dict."""
 
-    def __init__(self, pipeline, trainable: Sequence[str]):
+    def __init__(self, pipeline, trainable: Sequence[str], mask_loss_weight: float = 1.0,
+                 correspondence_weight: float = 0.0):
         super().__init__()
+        self.mask_loss_weight = mask_loss_weight
+        self.correspondence_weight = correspondence_weight
+        self.attention_accuracy: float | None = None  # of the last forward with correspondence supervision
         self.parts: Mapping[str, nn.Module] = {role: getattr(pipeline, role) for role in COMPONENT_ROLES}
         self.trainable = nn.ModuleDict({role: self.parts[role] for role in trainable})
         self.bank = pipeline.bank
@@ -76,6 +92,28 @@ class MimicBrushObjective(nn.Module):
         return nullcontext() if role in self.trainable else torch.no_grad()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        self.bank.record_logits = self.correspondence_weight > 0 and "source_to_reference" in batch
+        try:
+            step = self.predict(batch)
+        finally:
+            self.bank.record_logits = False
+        target = self.target(step.latents, step.noise, step.timesteps)
+        if self.mask_loss_weight == 1.0:
+            loss = F.mse_loss(step.prediction.float(), target)
+        else:
+            # the masked region, the only part the condition does not give away, counts more
+            weight = 1.0 + (self.mask_loss_weight - 1.0) * step.latent_mask
+            loss = (weight * (step.prediction.float() - target) ** 2).mean()
+        if self.bank.logits:
+            supervision, self.attention_accuracy = correspondence_loss(
+                self.bank.logits, self.bank.rows, batch["source_to_reference"], batch["mask"])
+            loss = loss + self.correspondence_weight * supervision
+        self.bank.logits.clear()
+        # the bank stays filled until the next forward: gradient checkpointing re-reads it in backward
+        return loss + step.participation
+
+    def predict(self, batch: Mapping[str, torch.Tensor]) -> Prediction:
+        """The imitative U-Net's prediction for a batch, with what the loss compares it to."""
         parts = self.parts
         source, reference, mask = batch["source"], batch["reference"], batch["mask"]
         keep_reference, keep_depth, timesteps = batch["keep_reference"], batch["keep_depth"], batch["timestep"]
@@ -108,8 +146,20 @@ class MimicBrushObjective(nn.Module):
         participation = self._fill_bank(reference_latents, timesteps, embeds, keep_reference)
         model_input = torch.cat([noisy_latents, latent_mask, masked_latents, depth_feature.float()], dim=1)
         prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
-        # the bank stays filled until the next forward: gradient checkpointing re-reads it in backward
-        return F.mse_loss(prediction.float(), self.target(latents, noise, timesteps)) + participation
+        return Prediction(prediction, latents, noisy_latents, noise, timesteps, latent_mask, participation)
+
+    def predicted_latents(self, step: Prediction) -> torch.Tensor:
+        """The clean latent the prediction implies, whatever the prediction type."""
+        kind = self.noise_scheduler.config.prediction_type
+        prediction = step.prediction.float()
+        if kind == "sample":
+            return prediction
+        alphas = self.noise_scheduler.alphas_cumprod.to(prediction.device)[step.timesteps].view(-1, 1, 1, 1)
+        if kind == "epsilon":
+            return (step.noisy_latents - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
+        if kind == "v_prediction":
+            return alphas.sqrt() * step.noisy_latents - (1 - alphas).sqrt() * prediction
+        raise ValueError(f"unsupported prediction_type {kind!r}")
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What the U-Net learns to predict, as the scheduler's `prediction_type` says (the sampler

@@ -4,6 +4,7 @@ atomic checkpoints, TensorBoard logs, sample edits, and an export at the end."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -26,6 +27,7 @@ from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weight
 from .components import COMPONENT_ROLES, build_components
 from .config import OptimConfig, TrainConfig
 from .export import export_pipeline
+from .imitation import ImitationProbe, check_held_out, flatten_for_log
 from .objective import DrawSettings, MimicBrushObjective, batch_to_device
 from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
                         summarize_unreached)
@@ -48,7 +50,9 @@ def build_training_model(config: TrainConfig) -> TrainingModel:
     pipeline = MimicBrushPipeline(**components)  # attaches the reference attention processors
     pipeline.set_progress_bar_config(disable=True)
     set_trainable({role: getattr(pipeline, role) for role in COMPONENT_ROLES}, config.train.trainable)
-    return TrainingModel(pipeline, MimicBrushObjective(pipeline, config.train.trainable))
+    objective = MimicBrushObjective(pipeline, config.train.trainable, mask_loss_weight=config.train.mask_loss_weight,
+                                    correspondence_weight=config.train.correspondence_weight)
+    return TrainingModel(pipeline, objective)
 
 
 def model_fingerprint(config: TrainConfig) -> dict:
@@ -110,10 +114,16 @@ class Trainer:
         self.validation_cases = None
         if config.validation.every_steps and accelerator.is_main_process:
             self.validation_cases = load_validation_cases(config.validation, config.data)
+        if config.imitation.data is not None:
+            check_held_out(config.data, config.imitation.data)
 
         model = build_training_model(config)
         self.pipeline, self.objective = model.pipeline, model.objective
         self._place_on_device()
+        self.imitation_probe = None
+        if config.imitation.data is not None and accelerator.is_main_process:
+            self.imitation_probe = ImitationProbe.from_config(config.imitation, self.objective, self._latent_shape(),
+                                                  self.pipeline.clip_input_size, self.pipeline.config.depth_input_size)
         unreached = self._freeze_unreached()
         self.parameters = [p for p in self.objective.parameters() if p.requires_grad]
         optimizer = make_optimizer(config.optim, self.parameters)
@@ -213,10 +223,12 @@ class Trainer:
                             * accelerator.num_processes)
         progress = tqdm(total=max_steps, initial=self.step, desc="training", unit="step", file=sys.stderr,
                         dynamic_ncols=True, disable=not accelerator.is_main_process)
-        window_losses, window_start = [], time.perf_counter()
+        window_losses, window_accuracies, window_start = [], [], time.perf_counter()
         try:
             while self.step < max_steps:
                 window_losses.append(self._train_step())
+                if self.objective.attention_accuracy is not None:
+                    window_accuracies.append(self.objective.attention_accuracy)
                 self.step += 1
                 lr = self.lr_scheduler.get_last_lr()[0]
                 progress.update()
@@ -227,11 +239,14 @@ class Trainer:
                     accelerator.log({"train/loss": float(np.mean(window_losses)), "train/lr": lr,
                                      "train/samples_per_second": len(window_losses) * samples_per_step / elapsed,
                                      "train/epoch": self.feed.position.epoch}, step=self.step)
-                    window_losses, window_start = [], time.perf_counter()
+                    window_losses, window_accuracies, window_start = [], [], time.perf_counter()
                 if self.step % config.checkpoint.every_steps == 0 or final:
                     self._save_checkpoint(progress)
                 if config.validation.every_steps and self.step % config.validation.every_steps == 0:
                     self._log_sample_edits()
+                every = config.imitation.every_steps
+                if config.imitation.data is not None and ((every and self.step % every == 0) or final):
+                    self._log_imitation(progress)
         finally:
             progress.close()
             self.objective.bank.clear()
@@ -283,6 +298,26 @@ class Trainer:
         path = self.store.save(self.accelerator, state, self.config.checkpoint.keep_last)
         if self.accelerator.is_main_process:
             progress.write(f"checkpoint {path}", file=sys.stderr)
+
+    def _log_imitation(self, progress) -> None:
+        """The held-out imitation metric (main process; others wait), logged to TensorBoard and
+        appended to `<output_dir>/imitation.json`."""
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            results = self.imitation_probe.measure(self.objective, accelerator.device)
+            accelerator.log(flatten_for_log(results), step=self.step)
+            path = self.config.output_dir / "imitation.json"
+            history = json.loads(path.read_text()) if path.is_file() else []
+            history = [entry for entry in history if entry["step"] < self.step]  # a resumed run redoes later ones
+            history.append({"step": self.step, "samples": self.step * self._samples_per_step(), **results})
+            write_atomic(path, json.dumps(history, indent=1))
+            summary = ", ".join(f"{t}: gain {v['gain']:+.1%} win {v['win']:.0%}" for t, v in results.items())
+            progress.write(f"imitation at step {self.step}: {summary}", file=sys.stderr)
+        accelerator.wait_for_everyone()
+
+    def _samples_per_step(self) -> int:
+        train = self.config.train
+        return train.batch_size * train.gradient_accumulation_steps * self.accelerator.num_processes
 
     def _log_sample_edits(self) -> None:
         """Edits of the validation cases with the current weights (main process; others wait)."""
