@@ -261,3 +261,28 @@ def test_the_loss_target_follows_the_prediction_type(tmp_path, prediction_type):
 def test_unknown_prediction_type_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.prediction_type: expected one of epsilon, v_prediction, sample"):
         tiny_config(tmp_path, "model.prediction_type=x0")
+
+
+def test_the_mask_loss_weight_weights_the_masked_latents(tmp_path):
+    model = build_training_model(tiny_config(tmp_path, "train.mask_loss_weight=3.0"))
+    assert model.objective.mask_loss_weight == 3.0
+    batch = sample_batch([True, True], [True, False])
+    with torch.no_grad():
+        step = model.objective.predict(batch)
+        loss = model.objective(batch)
+    error = (step.prediction - model.objective.target(step.latents, step.noise, step.timesteps)) ** 2
+    expected = (error * (1 + 2 * step.latent_mask)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    assert 0 < step.latent_mask.mean() < 1  # both regions present, so the weight matters
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_predicted_latents_recover_the_clean_latent_from_an_exact_prediction(tmp_path, prediction_type):
+    """The imitation metric compares clean latents whatever the model predicts."""
+    model = build_training_model(tiny_config(tmp_path, f"model.prediction_type={prediction_type}"))
+    objective = model.objective
+    with torch.no_grad():
+        step = objective.predict(sample_batch([True, True, True], [True, True, True]))
+    exact = objective.target(step.latents, step.noise, step.timesteps)
+    recovered = objective.predicted_latents(type(step)(**{**step.__dict__, "prediction": exact}))
+    torch.testing.assert_close(recovered, step.latents, atol=1e-4, rtol=1e-4)
