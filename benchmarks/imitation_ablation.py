@@ -7,6 +7,12 @@ a mismatched one (another subject's photo) and none, case by case, inside the ma
     done
     python benchmarks/imitation_ablation.py runs/true runs/mismatched runs/none -o ablation.md
 
+A run with `--reference-mode flipped` (the true reference mirrored left-right) may be added: its
+gain over the mismatched reference shows imitation that copying co-located pixels cannot fake.
+`--paste-track TRACK` adds the paste baseline: the true reference resized into the mask's tight
+box and pasted inside the mask, scored like an edit. With it, `--sheet PNG` draws the first
+`--sheet-cases` cases: masked source | reference | edit | mismatched reference | its edit | truth.
+
 Writes a markdown table (per case and summary) and prints the summary as JSON: mean PSNR/SSIM in
 the mask box per mode, the mean gain of the true reference over each other mode, and the share
 of cases where the true reference wins.
@@ -43,6 +49,54 @@ def compare(true_run: dict, other_runs: dict[str, dict]) -> dict:
     return summary, cases
 
 
+def paste_baseline(track_dir: Path, cases: list[str]) -> dict[str, dict[str, float]]:
+    """Scores of pasting each case's resized true reference into its mask (no model)."""
+    import numpy as np
+
+    from mimicbrush import imaging
+    from mimicbrush.benchmark import metrics
+    from mimicbrush.benchmark.regions import mask_box, tight_box
+    from mimicbrush.benchmark.tracks import load_tracks
+
+    by_name = {case.name: case for track in load_tracks(track_dir) for case in track.cases}
+    scores = {}
+    for name in cases:
+        case = by_name[name]
+        source = np.asarray(imaging.load_image(case.source_path, "source"))
+        mask = imaging.binary_mask(imaging.load_mask(case.mask_path, (source.shape[1], source.shape[0]))).astype(bool)
+        x0, y0, x1, y1 = tight_box(mask)
+        reference = imaging.load_image(case.reference_path, "reference").resize((x1 - x0, y1 - y0))
+        pasted = source.copy()
+        region = pasted[y0:y1, x0:x1]
+        region[mask[y0:y1, x0:x1]] = np.asarray(reference)[mask[y0:y1, x0:x1]]
+        truth = np.asarray(imaging.load_image(case.gt_path, "ground truth"))
+        bx0, by0, bx1, by1 = mask_box(mask)
+        scores[name] = {"psnr_box": metrics.psnr(pasted[by0:by1, bx0:bx1], truth[by0:by1, bx0:bx1]),
+                        "ssim_box": metrics.ssim(pasted[by0:by1, bx0:bx1], truth[by0:by1, bx0:bx1])}
+    return scores
+
+
+def contact_sheet(track_dir: Path, true_run: Path, mismatched_run: Path, cases: list[str], output: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from mimicbrush import imaging
+    from mimicbrush.benchmark.tracks import load_tracks
+    from mimicbrush.cli.demo import contact_sheet as draw_sheet
+
+    by_name = {case.name: case for track in load_tracks(track_dir) for case in track.cases}
+    rows = []
+    for name in cases:
+        case = by_name[name]
+        source = np.asarray(imaging.load_image(case.source_path, "source")).copy()
+        source[imaging.binary_mask(imaging.load_mask(case.mask_path, (source.shape[1], source.shape[0]))) > 0] = 0
+        edits = [next((run / "edits").rglob(f"{name}.png")) for run in (true_run, mismatched_run)]
+        rows.append([Image.fromarray(source), imaging.load_image(case.reference_path, "reference"),
+                     Image.open(edits[0]), imaging.load_image(case.mismatched_reference_path, "reference"),
+                     Image.open(edits[1]), imaging.load_image(case.gt_path, "ground truth")])
+    draw_sheet(rows, height=128).convert("RGB").save(output, quality=85)
+
+
 def markdown(summary: dict, cases: list[str], runs: dict[str, dict]) -> str:
     modes = list(runs)
     lines = ["| case | " + " | ".join(f"PSNR box ({m})" for m in modes) + " | "
@@ -66,15 +120,29 @@ def main(argv=None) -> int:
     parser.add_argument("true_run", type=Path, help="bench run output with --reference-mode true")
     parser.add_argument("other_runs", type=Path, nargs="+", help="runs with mismatched / none")
     parser.add_argument("-o", "--output", type=Path, help="markdown file to write")
+    parser.add_argument("--paste-track", type=Path, metavar="TRACK",
+                        help="the runs' track folder: add the paste-the-reference baseline")
+    parser.add_argument("--sheet", type=Path, metavar="IMAGE", help="contact sheet (needs --paste-track)")
+    parser.add_argument("--sheet-cases", type=int, default=8)
     args = parser.parse_args(argv)
     runs = {"true": read_run(args.true_run)}
     for folder in args.other_runs:
         settings = json.loads((folder / "run.json").read_text())
         runs[settings.get("reference_mode", folder.name)] = read_run(folder)
+    if args.paste_track is not None:
+        runs["paste"] = paste_baseline(args.paste_track, sorted(runs["true"]))
     other = {mode: run for mode, run in runs.items() if mode != "true"}
     summary, cases = compare(runs["true"], other)
+    if "flipped" in runs and "mismatched" in runs:  # flipped must still beat a wrong reference
+        gains = [runs["flipped"][c]["psnr_box"] - runs["mismatched"][c]["psnr_box"] for c in cases]
+        summary["flipped_over_mismatched"] = {"psnr_box": round(statistics.mean(gains), 4),
+                                              "wins": round(sum(g > 0 for g in gains) / len(gains), 3)}
     if args.output:
         args.output.write_text(markdown(summary, cases, runs))
+    if args.sheet is not None and args.paste_track is not None and "mismatched" in runs:
+        mismatched_run = next(folder for folder in args.other_runs
+                              if json.loads((folder / "run.json").read_text()).get("reference_mode") == "mismatched")
+        contact_sheet(args.paste_track, args.true_run, mismatched_run, cases[: args.sheet_cases], args.sheet)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -118,4 +118,10 @@ def test_demo_runs_the_bundled_examples(model, tmp_path, capsys):
     edit = np.asarray(Image.open(out / "coffee-brick_edit.png"))
     assert edit.shape == source.shape
     np.testing.assert_array_equal(edit[:, :150], source[:, :150])  # far left of the cup: untouched
+    # every example is also edited with another example's reference, shown beside it
+    assert len(sorted(out.glob("*_edit-mismatched.png"))) == 4
+    mismatched = np.asarray(Image.open(out / "motorcycle-tank_mismatched-reference.png"))
+    assert not np.array_equal(mismatched, np.asarray(Image.open(out / "motorcycle-tank_reference.png")))
+    sheet = Image.open(out / "demo.png")
+    assert sheet.height == 4 * 192 and sheet.width > 6 * 150
     assert main(["demo", "-o", str(out), "--model", str(model), "--steps", "1"]) == 2  # no silent overwrite

@@ -1,6 +1,5 @@
-"""The bundled demo model loads offline, is self-contained and edits. (It does not imitate its
-reference measurably yet: docs/demo-model.md has the measured ablation and what training would
-fix it.)"""
+"""The bundled demo model loads offline, is self-contained and edits (that it imitates its
+reference: test_demo_model_imitates.py; the measured ablation: docs/demo-model.md)."""
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ def test_bundled_model_is_small_and_self_contained(pipe):
     size = sum(path.stat().st_size for path in DEMO_MODEL.rglob("*") if path.is_file())
     assert size <= 40e6  # the target: 40 MB in all (the shipped model: 36.1 MB)
     assert isinstance(pipe.vae, PixelShuffleAutoencoder) and isinstance(pipe.depth_estimator, LuminanceDepth)
-    assert pipe.resolution >= 128
+    assert pipe.resolution >= 64  # 64²: reference attention at every latent level (docs/demo-model.md)
     assert (DEMO_MODEL / "README.md").is_file()  # the model card
     # no config names the machine it was trained on
     assert not any("_name_or_path" in path.read_text() for path in DEMO_MODEL.rglob("config.json"))

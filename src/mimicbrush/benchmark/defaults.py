@@ -10,4 +10,4 @@ PAPER_STEPS = 50
 PAPER_GUIDANCE = 5.0
 PAPER_SEED = 1
 
-REFERENCE_MODES = ("true", "mismatched", "none")
+REFERENCE_MODES = ("true", "mismatched", "none", "flipped")  # flipped: the true one mirrored left-right

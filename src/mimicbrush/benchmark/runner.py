@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .. import imaging
@@ -54,7 +54,8 @@ def edit_path(out_dir: Path, case: Case) -> Path:
 
 
 def reference_path_for(case: Case, mode: str) -> Path | None:
-    """The reference the model gets: the case's own, its mismatched one, or none (ablations)."""
+    """The reference the model gets: the case's own (also for `flipped`, mirrored when loaded),
+    its mismatched one, or none (ablations)."""
     if mode == "none":
         return None
     if mode == "mismatched":
@@ -68,11 +69,14 @@ def make_edit(pipeline: Callable[..., Any], case: Case, settings: EditSettings) 
     source = imaging.load_image(case.source_path, "source")
     mask = imaging.load_mask(case.mask_path, source.size)
     binary = Image.fromarray(imaging.binary_mask(mask) * 255, "L")
-    reference = reference_path_for(case, settings.reference_mode)
+    reference_path = reference_path_for(case, settings.reference_mode)
+    reference = None if reference_path is None else imaging.load_image(reference_path, "reference")
+    if settings.reference_mode == "flipped":  # copying co-located pixels cannot pass this one
+        reference = ImageOps.mirror(reference)
     output = pipeline(
         source_image=source,
         mask_image=binary,
-        reference_image=None if reference is None else imaging.load_image(reference, "reference"),
+        reference_image=reference,
         keep_shape=case.kind.keep_shape,
         num_inference_steps=settings.steps,
         guidance_scale=settings.guidance,

@@ -65,7 +65,8 @@ def _register_run(commands) -> None:
         "--reference-mode",
         choices=REFERENCE_MODES,
         default="true",
-        help="mismatched: another subject's reference; none: no reference (ablations)",
+        help="mismatched: another subject's reference; none: no reference; flipped: the true reference "
+             "mirrored left-right (ablations)",
     )
     parser.add_argument("--zoom", choices=("off", "auto"), default="off")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")

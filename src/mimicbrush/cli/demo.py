@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the bundled examples with the bundled model (offline)",
         description="Edit the bundled examples (scikit-image's sample photos) and write inputs, edits "
-        "and a contact sheet to DIR.",
+        "and a contact sheet to DIR. Each example is edited twice: with its reference and with another "
+        "example's (mismatched), so the sheet shows what the reference decides.",
     )
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the results")
     parser.add_argument("--model", help="another model instead of the bundled one")
@@ -39,24 +40,30 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, device=args.device)
     steps = args.steps
     output_dir = Path(args.output_dir)
+    examples = bundled_examples()
     rows = []
-    for example in bundled_examples():
+    for example, mismatched in zip(examples, mismatched_references(examples), strict=True):
         print(f"{example.name}: {example.description}", file=sys.stderr)
-        result = pipe(
-            source_image=example.source, mask_image=example.mask, reference_image=example.reference,
-            keep_shape=example.keep_shape, num_inference_steps=steps,
-            generator=torch.Generator("cpu").manual_seed(args.seed),
-        )
         metadata = {"model": str(model), "seed": args.seed, "steps": steps, "keep_shape": example.keep_shape}
+        edits = {}
+        for kind, reference in (("edit", example.reference), ("edit-mismatched", mismatched)):
+            result = pipe(
+                source_image=example.source, mask_image=example.mask, reference_image=reference,
+                keep_shape=example.keep_shape, num_inference_steps=steps,
+                generator=torch.Generator("cpu").manual_seed(args.seed),
+            )
+            edits[kind] = result.images[0]
         images = {
             "source": Image.fromarray(example.source),
             "mask": Image.fromarray(example.mask),
             "reference": Image.fromarray(example.reference),
-            "edit": result.images[0],
+            "edit": edits["edit"],
+            "mismatched-reference": Image.fromarray(mismatched),
+            "edit-mismatched": edits["edit-mismatched"],
         }
         for kind, image in images.items():
             path = imaging.save_image(image, output_dir / f"{example.name}_{kind}.png", force=args.force,
-                                      metadata=metadata if kind == "edit" else None)
+                                      metadata=metadata if kind.startswith("edit") else None)
             if kind == "edit":
                 print(path)
         rows.append(list(images.values()))
@@ -65,8 +72,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def mismatched_references(examples) -> list[np.ndarray]:
+    """For each example, the reference of the next example (cyclically) whose reference differs."""
+    references = []
+    for index, example in enumerate(examples):
+        others = examples[index + 1:] + examples[:index]
+        other = next((o for o in others if not np.array_equal(o.reference, example.reference)), example)
+        references.append(other.reference)
+    return references
+
+
 def contact_sheet(rows: list[list[Image.Image]], height: int = 192) -> Image.Image:
-    """One row per example: source | mask | reference | edit, each scaled to `height`."""
+    """One row per example (source | mask | reference | edit | mismatched reference | its edit),
+    each image scaled to `height`."""
     scaled = [[image.convert("RGB").resize((max(1, round(image.width * height / image.height)), height))
                for image in row] for row in rows]
     width = max(sum(image.width for image in row) for row in scaled)
