@@ -1,7 +1,7 @@
 """Plot the trainer's imitation metric (samples seen → gain and win per timestep) of one or more
 runs, from their `imitation.json` (docs/training.md, `imitation:`).
 
-    python benchmarks/imitation_curve.py runs/demo-model-64 [runs/other ...] -o curve.png
+    python benchmarks/imitation_curve.py runs/demo-model [runs/other ...] -o curve.png
 
 Several runs are drawn in one figure, labelled by folder name (or `--labels`); a run continued
 from another's checkpoint carries the earlier entries with it. Also prints the table as JSON.

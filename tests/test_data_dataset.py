@@ -61,7 +61,8 @@ def test_items_have_the_documented_format(data_root):
     dataset = build_dataset(config(data_root), seed=0)
     assert len(dataset) == 40
     item = dataset[0]
-    assert set(item) == {"source", "reference", "mask", "source_uint8"}
+    assert set(item) == {"source", "reference", "mask", "source_uint8", "source_to_reference"}
+    assert item["source_to_reference"].shape == (3, 3)
     for key in ("source", "reference"):
         assert item[key].shape == (3, 32, 32) and item[key].dtype == torch.float32
         assert -1.0 <= item[key].min() and item[key].max() <= 1.0

@@ -1,7 +1,5 @@
 """configs/train-tiny.yaml trains on the real data in ../shared/data (skipped without it)."""
 
-import dataclasses
-
 import pytest
 
 from mimicbrush.pipeline import MimicBrushPipeline
@@ -26,17 +24,21 @@ def test_tiny_config_runs_on_the_shared_data(tmp_path):
     assert pipe.resolution == 64 and pipe.config.depth_input_size == 56
 
 
-def test_demo_model_configs_describe_the_shipped_model():
-    """The two stages that made the bundled model parse, and say what it is: 64² from scratch with
-    clean-image prediction, then 128² from stage 1's export."""
+def test_the_demo_model_config_describes_the_shipped_model():
+    """The config that made the bundled model parses and says what it is: 64² from scratch with
+    clean-image prediction, reference attention at every level, a held-out imitation set that
+    shares no clip with the training data."""
     from mimicbrush.loading import default_model
+    from mimicbrush.training.imitation import check_held_out
 
-    stage1 = load_train_config(CONFIGS / "demo-model-64.yaml", [])
-    assert stage1.model.prediction_type == "sample" and stage1.data.resolution == 64
-    assert stage1.model.pretrained is None  # from scratch
-    stage2 = load_train_config(CONFIGS / "demo-model.yaml", [])
-    assert stage2.model.pretrained == str(stage1.output_dir / "model") and stage2.data.resolution == 128
-    # the same data, at the new resolution (keypoints found at a matching resolution)
-    assert stage2.data == dataclasses.replace(stage1.data, resolution=128, masking=stage2.data.masking)
+    config = load_train_config(CONFIGS / "demo-model.yaml", [])
+    assert config.model.prediction_type == "sample" and config.data.resolution == 64
+    assert config.model.pretrained is None  # from scratch
+    assert config.imitation.data is not None and config.imitation.data.resolution == 64
+    if (SHARED / "data").is_dir():
+        check_held_out(config.data, config.imitation.data)  # raises if a held-out clip is trained on
     shipped = MimicBrushPipeline.from_pretrained(default_model())
-    assert shipped.resolution == 128 and shipped.scheduler.config.prediction_type == "sample"
+    assert shipped.resolution == 64 and shipped.scheduler.config.prediction_type == "sample"
+    unet = config.model.components["unet"].config
+    assert list(shipped.unet.config.down_block_types) == unet["down_block_types"]
+    assert list(shipped.unet.config.block_out_channels) == unet["block_out_channels"]
