@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import imaging
+from .. import imaging, samplers
 
 
 def register(subparsers) -> None:
@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the results")
     parser.add_argument("--model", help="another model instead of the bundled one")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--steps", type=int, default=20, help="scheduler steps (default 20)")
+    samplers.add_argument(parser)  # --scheduler
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         print(f"model: the bundled demo model ({model})", file=sys.stderr)
     pipe = load_pipeline(model, device=args.device)
+    samplers.use_sampler(pipe, args.scheduler)
     steps = args.steps
     output_dir = Path(args.output_dir)
     rows = []
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             keep_shape=example.keep_shape, num_inference_steps=steps,
             generator=torch.Generator("cpu").manual_seed(args.seed),
         )
-        metadata = {"model": str(model), "seed": args.seed, "steps": steps, "keep_shape": example.keep_shape}
+        metadata = {"model": str(model), "seed": args.seed, "steps": steps, "scheduler": args.scheduler,
+                    "keep_shape": example.keep_shape}
         images = {
             "source": Image.fromarray(example.source),
             "mask": Image.fromarray(example.mask),
