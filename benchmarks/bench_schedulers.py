@@ -9,8 +9,9 @@ scored against the 50-step DDIM edit of the same case: PSNR and SSIM inside the 
 (benchmark.regions.mask_box), at the source's size. Seconds per edit: every configuration is
 timed once per case and repeat, in an order rotated from one case to the next so that drift in
 the machine's load does not always hit the same configuration; reported as the median, and the
-ratio to DDIM-50 both as measured (medians) and from a least-squares fit of every timed edit to
-seconds = outside + per_call × U-Net calls (robust to one configuration catching a busy spell).
+ratio to DDIM-50 both as measured (medians) and from a least-squares fit of the other
+configurations' timed edits to seconds = outside + per_call × U-Net calls (robust to one
+configuration catching a busy spell).
 The recommendation is the configuration with the fewest U-Net calls (an edit's cost on any
 machine) whose worst case agrees to at least --min-psnr dB and whose scheduler keeps that at
 every larger step count of the ladder (converging on DDIM-50, not crossing it by chance); equal
@@ -117,7 +118,10 @@ def measure(pipe, examples, pairs, args) -> list[dict]:
                     edits.setdefault((index, pair), image)
                     progress.update()
     calls = {pair: samplers.unet_calls(schedulers[pair[0]], pair[1]) for pair in pairs}
-    outside, per_call = time_model(calls, seconds)
+    # fitted over the other configurations (8 to 2N-1 calls: DDIM-50 lies inside their range), so
+    # that the ratio's denominator is not also the fit's one high-leverage point
+    others = {pair: times for pair, times in seconds.items() if pair != REFERENCE} or seconds
+    outside, per_call = time_model(calls, others)
     modelled_reference = outside + per_call * calls[REFERENCE]
     reference_seconds = statistics.median(seconds[REFERENCE])
     rows = []
