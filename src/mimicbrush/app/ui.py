@@ -127,8 +127,8 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
                 steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
                 # only the schedulers that can sample the loaded model (samplers.supported_samplers)
                 scheduler = gr.Dropdown(service.schedulers, value=samplers.DEFAULT_SAMPLER, label="Scheduler",
-                                        info="unipc with 12 steps came within 30 dB of ddim's 50 on the "
-                                        "bundled model (docs/performance.md)", elem_id="scheduler")
+                                        info="unipc at 12 steps agreed with ddim at 50 to 30 dB or more on "
+                                        "the bundled model (docs/performance.md)", elem_id="scheduler")
                 guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.5, label="Guidance", elem_id="guidance")
                 seed = gr.Number(value=-1, precision=0, minimum=-1, label="Seed (-1: random)", elem_id="seed")
             run = gr.Button("Repaint", variant="primary", elem_id="run")
