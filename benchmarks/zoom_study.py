@@ -121,12 +121,6 @@ def zoom_geometry(mask: np.ndarray, settings: dict) -> dict:
     }
 
 
-def box_scores(edit: np.ndarray, truth: np.ndarray, box) -> dict:
-    x0, y0, x1, y1 = box
-    edit_box, truth_box = edit[y0:y1, x0:x1], truth[y0:y1, x0:x1]
-    return {"psnr_box": metrics.psnr(edit_box, truth_box), "ssim_box": metrics.ssim(edit_box, truth_box)}
-
-
 def run_study(pipe, cases: list[Case], modes: list[str], out_dir: Path, settings: dict, progress: bool = True) -> dict:
     """Make the missing edits, score every case in every mode, summarise."""
     rows = []
@@ -140,7 +134,7 @@ def run_study(pipe, cases: list[Case], modes: list[str], out_dir: Path, settings
             path = out_dir / "edits" / mode / case.track_id / f"{case.name}.png"
             if not path.is_file():
                 imaging.save_image(edit_case(pipe, case, mode, settings), path, force=True)
-            scores = box_scores(np.asarray(imaging.load_image(path, "edit")), truth, box)
+            scores = metrics.box_scores(np.asarray(imaging.load_image(path, "edit")), truth, box)
             row.update({f"{key}_{mode}": value for key, value in scores.items()})
         rows.append(row)
     return {"settings": settings, "modes": modes, "summary": summarize(rows, modes), "cases": rows}

@@ -131,6 +131,38 @@ def test_clear_messages(service, changes, message):
         service.run(box_request(**changes))
 
 
+def test_scheduler_is_used_ticks_per_unet_call_and_is_stored(service):
+    ticks = []
+    result = service.run(box_request(scheduler="heun"), on_step=lambda done, total: ticks.append((done, total)))
+    assert ticks == [(0, 3), (1, 3), (2, 3), (3, 3)]  # heun: 2 steps are 3 U-Net calls
+    assert result.settings["scheduler"] == "heun" and "heun steps" in result.summary()
+    assert PIL.Image.open(result.path).text["scheduler"] == "heun"
+    default = service.run(box_request())
+    assert default.settings["scheduler"] == "ddim"
+    assert not np.array_equal(np.asarray(default.image), np.asarray(result.image))
+
+
+def test_only_the_schedulers_the_model_supports_are_offered(tmp_path):
+    from mimicbrush import samplers
+    from mimicbrush.app import build_app
+    from mimicbrush.scheduling import release_scheduler
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = release_scheduler("sample")
+    pipe.model_prediction_type = "sample"  # as loading a clean-image predictor sets it
+    service = EditService(pipe, model_label="sample", max_side=512, output_dir=tmp_path)
+    assert service.schedulers == [name for name in samplers.SAMPLERS if name != "euler-a"]
+    with pytest.raises(InputError, match="scheduler must be one of ddim, .*heun with this model, got 'euler-a'"):
+        service.run(box_request(scheduler="euler-a"))
+    demo = build_app(service, with_examples=False)
+    dropdowns = [component for component in demo.config["components"]
+                 if component.get("props", {}).get("elem_id") == "scheduler"]
+    assert len(dropdowns) == 1
+    offered = [choice[1] if isinstance(choice, (list, tuple)) else choice
+               for choice in dropdowns[0]["props"]["choices"]]
+    assert offered == service.schedulers
+
+
 def test_reference_hint_is_used(service):
     result = service.run(box_request(reference_box="0,0,24,24"))
     assert result.settings["reference_box"] == "0,0,24,24"

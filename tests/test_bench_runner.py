@@ -179,6 +179,21 @@ def test_rerun_resumes_and_refuses_other_settings(track_root, tmp_path, scorer):
     assert len(resumed.calls) == 1 and summary["tracks"]["PartComp/WithinInstance"]["cases"] == len(SUBJECTS)
     with pytest.raises(InputError, match=r"other settings \(steps 50 -> 20\)"):
         run(track_root, tmp_path, StandInPipeline(), scorer, steps=20)
+    with pytest.raises(InputError, match=r"other settings \(scheduler 'ddim' -> 'unipc'\)"):
+        run(track_root, tmp_path, StandInPipeline(), scorer, scheduler="unipc")
+
+
+def test_runs_from_before_the_scheduler_setting_count_as_ddim(track_root, tmp_path, scorer):
+    import json
+
+    run(track_root, tmp_path, StandInPipeline(), scorer, limit=1)
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert recorded["scheduler"] == "ddim"
+    del recorded["scheduler"]
+    (tmp_path / "run.json").write_text(json.dumps(recorded))
+    run(track_root, tmp_path, StandInPipeline(), scorer, limit=1)  # no "other settings" error
+    with pytest.raises(InputError, match="--scheduler must be one of ddim"):
+        EditSettings(model="x", scheduler="lms")
 
 
 def test_reference_modes(track_root, tmp_path, scorer):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from mimicbrush.cli import main
+from mimicbrush.scheduling import release_scheduler
 from tiny_models import tiny_pipeline
 
 
@@ -88,6 +89,45 @@ def test_bad_input_is_one_line_and_exit_2(model, files, tmp_path, change, messag
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_scheduler_is_used_and_stored(model, files, tmp_path, capsys):
+    source, mask, reference = files
+    outputs = {}
+    for name in ("ddim", "dpm++-karras"):
+        outputs[name] = tmp_path / f"{name}.png"
+        assert main(["edit", str(source), "--mask", str(mask), "--reference", str(reference), "-o",
+                     str(outputs[name]), "--model", str(model), "--steps", "2", "--seed", "0", "--scheduler", name]) == 0
+        assert Image.open(outputs[name]).text["scheduler"] == name
+    default = tmp_path / "default.png"
+    assert main(["edit", str(source), "--mask", str(mask), "--reference", str(reference), "-o", str(default),
+                 "--model", str(model), "--steps", "2", "--seed", "0"]) == 0
+    assert Image.open(default).text["scheduler"] == "ddim"
+    assert np.array_equal(np.asarray(Image.open(default)), np.asarray(Image.open(outputs["ddim"])))
+    assert not np.array_equal(np.asarray(Image.open(default)), np.asarray(Image.open(outputs["dpm++-karras"])))
+
+
+def test_scheduler_that_cannot_serve_the_model_is_one_line_and_exit_2(files, tmp_path):
+    sample_model = tmp_path / "sample-model"
+    pipe = tiny_pipeline()
+    pipe.scheduler = release_scheduler("sample")  # a clean-image predictor, like the bundled model
+    pipe.save_pretrained(sample_model, safe_serialization=True)
+    source, mask, reference = files
+    argv = [sys.executable, "-m", "mimicbrush", "edit", str(source), "--mask", str(mask), "--reference",
+            str(reference), "-o", str(tmp_path / "o.png"), "--model", str(sample_model), "--steps", "1",
+            "--scheduler", "euler-a"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [line for line in result.stderr.splitlines() if "euler-a" in line]
+    assert "scheduler euler-a does not support prediction type 'sample'" in error_lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "o.png").exists()
+
+
+def test_edit_help_names_the_schedulers_and_their_unet_calls():
+    result = subprocess.run([sys.executable, "-m", "mimicbrush", "edit", "--help"], capture_output=True, text=True)
+    text = " ".join(result.stdout.split())
+    assert "ddim, dpm++, dpm++-karras, unipc, euler, euler-a: N U-Net calls; heun: 2N-1 U-Net calls" in text
 
 
 def test_empty_mask_file_is_refused(model, files, tmp_path, capsys):

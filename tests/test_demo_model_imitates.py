@@ -10,7 +10,9 @@ models keep a positive gain; the learnt reference attention must add to it.
 Two sets: pairs built from scikit-image's bundled photos (a photo and a flipped, re-cropped copy
 of it, an ellipse masked: runs on a fresh clone), and held-out DAVIS/VSPW video pairs of
 `configs/demo-model.yaml`'s `imitation:` section (whole objects masked; needs ../shared).
-Measured values are in the docstrings of the tests.
+Measured values are in the docstrings of the tests. The model shipped before this one (which
+filled masks from their surroundings) fails the first test: photo-pair gain 0.025 against
+shuffled 0.018-0.021, inside the margin.
 """
 
 from pathlib import Path
@@ -99,7 +101,8 @@ def shuffled_gains(pipe, probe) -> list[float]:
 
 
 def test_the_bundled_model_imitates_on_photo_pairs(pipe):
-    """Measured on the shipped weights: see MEASURED_PHOTO below (gain, win; shuffled gains)."""
+    """Shipped weights: gain 0.339 / 0.345 (seeds 0 / 1, mean of t = 500 and 800), win 100 %;
+    with the reference U-Net shuffled 0.229-0.245 (the image-encoder path alone)."""
     objective, latent_shape = objective_and_shape(pipe)
     gains, wins = [], []
     for seed in (0, 1):
@@ -114,7 +117,8 @@ def test_the_bundled_model_imitates_on_photo_pairs(pipe):
 
 
 def test_the_bundled_model_imitates_on_held_out_video_pairs(pipe):
-    """Held-out clips (never trained on) with whole objects masked: see MEASURED_VIDEO."""
+    """Held-out clips (never trained on) with whole objects masked, 48 pairs, t = 200 / 500 / 800.
+    Shipped weights: gain 0.076, win 0.78; shuffled reference U-Net 0.028-0.033."""
     if not (SHARED / "data" / "video").is_dir():
         pytest.skip("../shared/data (beside the clone) is needed for the held-out video pairs")
     config = load_train_config(REPO / "configs" / "demo-model.yaml").imitation

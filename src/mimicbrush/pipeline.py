@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from . import editing, imaging
+from . import editing, imaging, samplers
 from .errors import InputError
 from .models.depth import DepthGuider, estimate_depth
 from .models.image_encoder import ImageProjection, penultimate_hidden_states
@@ -48,7 +50,10 @@ class MimicBrushPipeline(DiffusionPipeline):
 
     Components: `unet` (imitative, 13 input channels), `reference_unet`, `vae`, `image_encoder`
     (CLIP vision tower or any module giving penultimate tokens) with `image_proj`,
-    `depth_estimator` with `depth_guider`, and a DDIM `scheduler`.
+    `depth_estimator` with `depth_guider`, and a `scheduler`: the release's DDIM by default, or any
+    diffusers scheduler that supports the model's prediction type, set the diffusers way
+    (`pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)`; samplers.py
+    names the tested ones).
     """
 
     model_cpu_offload_seq = "image_encoder->image_proj->depth_estimator->depth_guider->vae->reference_unet->unet"
@@ -62,7 +67,7 @@ class MimicBrushPipeline(DiffusionPipeline):
         image_proj: ImageProjection,
         depth_estimator: nn.Module,
         depth_guider: DepthGuider,
-        scheduler: DDIMScheduler,
+        scheduler: SchedulerMixin,
         depth_input_size: int = 518,
     ):
         super().__init__()
@@ -80,6 +85,9 @@ class MimicBrushPipeline(DiffusionPipeline):
         self.bank = ReferenceBank()
         attach_reference_attention(reference_unet, unet, self.bank)
         self.reference_unet_runs_to_end = False  # set when the U-Nets are compiled
+        # what the U-Net predicts, as the scheduler it was loaded with says (training writes it
+        # there); a scheduler swapped in later must sample that
+        self.model_prediction_type = scheduler.config.prediction_type
         # model outputs that are the same for every edit, cached per (weights, device, dtype)
         self._constant_outputs: dict[tuple, object] = {}
 
@@ -90,7 +98,8 @@ class MimicBrushPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "MimicBrushPipeline":
         """Load from a release-layout folder, our own folder, or a hub id of either.
 
-        kwargs: `torch_dtype` (default float32) and, for our own format, anything diffusers'
+        kwargs: `torch_dtype` (default float32), `scheduler` (any diffusers scheduler instance for
+        the model's prediction type) and, for our own format, anything diffusers'
         `DiffusionPipeline.from_pretrained` accepts.
         """
         from .weights import load_release_components, resolve_model
@@ -98,7 +107,10 @@ class MimicBrushPipeline(DiffusionPipeline):
         kind, location = resolve_model(pretrained_model_name_or_path)
         dtype = kwargs.pop("torch_dtype", None) or torch.float32
         if kind == "release":
-            return cls(**load_release_components(location, dtype))
+            pipe = cls(**load_release_components(location, dtype))
+            if kwargs.get("scheduler") is not None:
+                pipe.scheduler = kwargs["scheduler"]  # checked against the release's epsilon at call time
+            return pipe
         components = cls._load_saved_components(Path(location), dtype)
         return super().from_pretrained(location, dtype=dtype, **components, **kwargs)
 
@@ -168,6 +180,9 @@ class MimicBrushPipeline(DiffusionPipeline):
         zoom="auto" edits small regions on a crop around each; reference_box (a box or mask on
         the reference) restricts what the reference offers; see editing.py. The output then also
         lists the regions edited.
+        The scheduler is `self.scheduler`; `num_inference_steps` counts its steps (a second-order
+        one calls the U-Nets twice per step but the first) and `callback_on_step_end` runs after
+        every U-Net call.
         """
         resolution = resolution or self.resolution
         self.check_inputs(num_inference_steps, guidance_scale, resolution)
@@ -185,10 +200,11 @@ class MimicBrushPipeline(DiffusionPipeline):
         rows = self.guidance_rows(use_reference, guidance_scale)
         embeds = self.encode_reference(inputs.clip_pixels, rows)
         depth_feature, depth_map = self.encode_depth(inputs.depth_pixels, keep_shape, resolution)
+        timesteps = self.prepare_timesteps(num_inference_steps)
         reference_latents, latents, masked_latents = self.prepare_latents(inputs, generator, resolution)
         latents = self.denoise(
             latents, reference_latents, masked_latents, inputs.model_mask, depth_feature, embeds, rows,
-            num_inference_steps, guidance_scale, faithful, callback_on_step_end,
+            timesteps, guidance_scale, faithful, callback_on_step_end, generator,
         )
         model_image = self.decode_latents(latents)
         image = imaging.paste_back(model_image, inputs.source, inputs.mask)
@@ -212,6 +228,7 @@ class MimicBrushPipeline(DiffusionPipeline):
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
             raise InputError(f"resolution must be a positive multiple of {multiple}, got {resolution!r}")
+        samplers.check_prediction_type(self.scheduler, self.model_prediction_type)
 
     def prepare_inputs(self, source_image, mask_image, reference_image, resolution: int) -> EditInputs:
         """Load and validate the images, pad to squares and build each model's input arrays."""
@@ -307,6 +324,12 @@ class MimicBrushPipeline(DiffusionPipeline):
         sample = mean + std * noise.to(mean.device)
         return (sample * self.vae.config.scaling_factor).to(self.unet.dtype)
 
+    def prepare_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """The scheduler's timesteps, one per U-Net call. Set before the initial noise is drawn:
+        the noise's scale (init_noise_sigma) depends on them for sigma-based schedulers."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        return self.scheduler.timesteps
+
     def prepare_latents(self, inputs: EditInputs, generator: torch.Generator | None, resolution: int):
         """Three draws from one generator, in the release's order: reference posterior, initial
         noise, collage posterior. Without a reference the first draw is still made, so the
@@ -332,14 +355,15 @@ class MimicBrushPipeline(DiffusionPipeline):
         depth_feature: torch.Tensor,
         embeds: torch.Tensor,
         rows: list[str],
-        num_inference_steps: int,
+        timesteps: torch.Tensor,
         guidance_scale: float,
         faithful: bool = False,
         callback_on_step_end=None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The DDIM loop. Each step: reference U-Net fills the bank → imitative U-Net reads it
-        for the conditional row → guidance → scheduler step."""
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        """The sampling loop, one pass per timestep (a second-order scheduler lists most twice).
+        Each pass: reference U-Net fills the bank → imitative U-Net reads it for the conditional
+        row → guidance → scheduler step."""
         mask = torch.nn.functional.interpolate(self._tensor(model_mask), size=latents.shape[-2:], mode="nearest")
         condition = torch.cat([mask, masked_latents, depth_feature], dim=1).repeat(len(rows), 1, 1, 1)
         use_reference = reference_latents is not None
@@ -349,20 +373,26 @@ class MimicBrushPipeline(DiffusionPipeline):
             reference_rows = list(range(len(rows))) if faithful else [rows.index("cond")]
             reference_input = reference_latents.repeat(len(reference_rows), 1, 1, 1)
             reference_embeds = embeds[reference_rows]
+        step_kwargs = self.scheduler_step_kwargs(generator)
         try:
-            for step, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            for step, timestep in enumerate(self.progress_bar(timesteps)):
+                # a fresh bank for every U-Net call: a second-order scheduler's two calls in one
+                # step are at different timesteps, and the reference features depend on it
                 self.bank.clear()
                 if use_reference:
                     run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
                                        self.bank, run_to_end=faithful or self.reference_unet_runs_to_end)
                     self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
                     self.bank.faithful = faithful
-                model_input = torch.cat([latents.repeat(len(rows), 1, 1, 1), condition], dim=1)
+                # only the noisy latent is scaled (sigma schedulers); the condition channels are
+                # clean inputs (DDIM's scaling is the identity: the release's numbers are kept)
+                latent_input = self.scheduler.scale_model_input(latents, timestep)
+                model_input = torch.cat([latent_input.repeat(len(rows), 1, 1, 1), condition], dim=1)
                 noise_pred = self.unet(model_input, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
                 if len(rows) == 2:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred, timestep, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     values = callback_on_step_end(self, step, timestep, {"latents": latents, "noise_pred": noise_pred})
                     latents = (values or {}).get("latents", latents)
@@ -370,6 +400,12 @@ class MimicBrushPipeline(DiffusionPipeline):
             self.bank.clear()
             self.bank.faithful = False
         return latents
+
+    def scheduler_step_kwargs(self, generator: torch.Generator | None) -> dict:
+        """The edit's generator for schedulers whose step draws noise (ancestral ones), so a seed
+        gives the same edit; DDIM at eta 0 takes it and draws nothing."""
+        accepts = "generator" in inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if accepts else {}
 
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """R×R×3 uint8 image of the final latents."""

@@ -5,9 +5,10 @@
     result, depth, overlay, info = client.predict(
         source=handle_file("photo.jpg"), mask=handle_file("mask.png"), box="",
         reference=handle_file("ref.jpg"), reference_box="", keep_shape=False, zoom="off",
-        steps=50, guidance=5.0, seed=0, api_name="/edit")
+        steps=50, guidance=5.0, seed=0, scheduler="ddim", api_name="/edit")
 
 `result` is the path of the downloaded PNG (full resolution, the settings in its metadata).
+`scheduler` is optional (default ddim); /info lists the ones the loaded model supports.
 The endpoints are registered on hidden components, so they never show on the page.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import __version__
+from .. import __version__, samplers
 from ..errors import InputError
 from .service import DEFAULT_MAX_FILE_SIZE, MAX_GUIDANCE, MAX_STEPS, EditRequest, EditService
 from .ui import MODEL_QUEUE
@@ -25,7 +26,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
     """Add the /edit and /info endpoints to the current gr.Blocks."""
 
     def edit(source: str | None, mask: str | None, box: str, reference: str | None, reference_box: str,
-             keep_shape: bool, zoom: str, steps: int, guidance: float, seed: int,
+             keep_shape: bool, zoom: str, steps: int, guidance: float, seed: int, scheduler: str = "ddim",
              progress=gr.Progress()):
         """Repaint the masked region of `source` by imitating `reference`.
 
@@ -33,7 +34,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
         none; box: "x0,y0,x1,y1" in source pixels (added to the mask; one of the two is needed).
         reference_box: optional "x0,y0,x1,y1" on the reference, the part to imitate.
         keep_shape: texture transfer (depth shape control). zoom: "off" or "auto".
-        seed: -1 for a random one. Returns the result PNG, the depth preview (keep_shape only),
+        seed: -1 for a random one. scheduler: a name /info lists (steps counts its steps). Returns the result PNG, the depth preview (keep_shape only),
         the mask overlay and a dict with the seed and the settings.
         """
         try:
@@ -48,6 +49,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
                 guidance=float(guidance),
                 seed=None if seed is None or seed < 0 else _whole(seed, "seed"),
                 zoom=zoom or "off",
+                scheduler=scheduler or samplers.DEFAULT_SAMPLER,
             )
             outcome = service.run(request, on_step=lambda done, total: progress(
                 (done, total), desc="Repainting", unit="steps"))
@@ -65,7 +67,9 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
             "max_file_size": max_file_size,
             "max_steps": MAX_STEPS,
             "max_guidance": MAX_GUIDANCE,
-            "defaults": {"steps": 50, "guidance": 5.0, "seed": -1, "keep_shape": False, "zoom": "off"},
+            "schedulers": service.schedulers,
+            "defaults": {"steps": 50, "guidance": 5.0, "seed": -1, "keep_shape": False, "zoom": "off",
+                         "scheduler": samplers.DEFAULT_SAMPLER},
         }
 
     with gr.Column(visible=False):
@@ -80,6 +84,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
             gr.Number(value=50, precision=0, label="steps"),
             gr.Number(value=5.0, label="guidance"),
             gr.Number(value=-1, precision=0, label="seed"),
+            gr.Dropdown(service.schedulers, value=samplers.DEFAULT_SAMPLER, label="scheduler"),
         ]
         outputs = [
             gr.Image(type="filepath", format="png", label="result"),

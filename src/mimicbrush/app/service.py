@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .. import __version__, editing, imaging
+from .. import __version__, editing, imaging, samplers
 from ..errors import InputError
 
 # The longest side the app accepts for any image. The pipeline itself takes up to
@@ -55,6 +55,7 @@ class EditRequest:
     guidance: float = 5.0
     seed: int | None = None  # None or negative: a random seed (reported in the result)
     zoom: str = "off"
+    scheduler: str = samplers.DEFAULT_SAMPLER  # a name in samplers.SAMPLERS the model supports
 
 
 @dataclass
@@ -70,8 +71,8 @@ class EditResult:
     def summary(self) -> str:
         """One short markdown paragraph for the UI."""
         width, height = self.image.size
-        parts = [f"**seed {self.seed}** · {self.settings['steps']} steps · guidance {self.settings['guidance']}"
-                 f" · {width}×{height}"]
+        parts = [f"**seed {self.seed}** · {self.settings['steps']} {self.settings['scheduler']} steps"
+                 f" · guidance {self.settings['guidance']} · {width}×{height}"]
         if self.settings.get("keep_shape"):
             parts.append("shape kept")
         if self.settings.get("zoom") == "auto":
@@ -192,6 +193,10 @@ class EditService:
             weakref.finalize(self, shutil.rmtree, output_dir, True)
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # the model's own scheduler config: every named scheduler is built from it
+        self._model_scheduler_config = pipe.scheduler.config
+        self.schedulers = samplers.supported_samplers(self._model_scheduler_config)
+        self._built_schedulers: dict = {}
 
     @classmethod
     def load(cls, model: str | None, device: str = "auto", dtype: str = "auto", offload: str = "none",
@@ -234,6 +239,15 @@ class EditService:
             raise InputError(f"Zoom must be one of {', '.join(editing.ZOOM_MODES)}, got {request.zoom!r}.")
         if request.seed is not None and request.seed > MAX_SEED:
             raise InputError(f"The seed must be at most {MAX_SEED}, got {request.seed}.")
+        if request.scheduler not in self.schedulers:
+            raise InputError(f"The scheduler must be one of {', '.join(self.schedulers)} with this model, "
+                             f"got {request.scheduler!r}.")
+
+    def scheduler(self, name: str):
+        """The scheduler called `name`, built once from the model's config."""
+        if name not in self._built_schedulers:
+            self._built_schedulers[name] = samplers.make_scheduler(name, self._model_scheduler_config)
+        return self._built_schedulers[name]
 
     def run(self, request: EditRequest, on_step: StepCallback | None = None) -> EditResult:
         """Validate, edit, and write the result PNG. Raises InputError with a user-facing message."""
@@ -267,7 +281,8 @@ class EditService:
             if request.zoom != "off" or reference_box is not None:
                 calls = len(editing.plan_regions(mask01, zoom=request.zoom))
             seed = int(request.seed) if request.seed is not None and request.seed >= 0 else secrets.randbelow(2**31)
-            total = int(request.steps) * calls
+            scheduler = self.scheduler(request.scheduler)
+            total = samplers.unet_calls(scheduler, int(request.steps)) * calls  # the callback runs per U-Net call
             done = [0]
 
             def step_end(pipe, step, timestep, tensors):
@@ -277,6 +292,7 @@ class EditService:
                 return tensors
 
             with self._lock:
+                self.pipe.scheduler = scheduler  # the lock makes the swap this request's alone
                 if on_step is not None:
                     on_step(0, total)
                 output = self.pipe(
@@ -300,6 +316,7 @@ class EditService:
             "model": self.model_label,
             "seed": seed,
             "steps": int(request.steps),
+            "scheduler": request.scheduler,
             "guidance": float(request.guidance),
             "keep_shape": bool(request.keep_shape),
             "zoom": request.zoom,

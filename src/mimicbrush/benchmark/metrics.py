@@ -66,3 +66,10 @@ def psnr(first: np.ndarray, second: np.ndarray) -> float:
     if mse == 0:
         return PSNR_CAP_DB
     return min(10.0 * math.log10(DATA_RANGE**2 / mse), PSNR_CAP_DB)
+
+
+def box_scores(edit: np.ndarray, other: np.ndarray, box: tuple[int, int, int, int]) -> dict[str, float]:
+    """PSNR and SSIM of two H×W×3 uint8 images inside `box` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    edit_box, other_box = edit[y0:y1, x0:x1], other[y0:y1, x0:x1]
+    return {"psnr_box": psnr(edit_box, other_box), "ssim_box": ssim(edit_box, other_box)}

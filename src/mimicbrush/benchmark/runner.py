@@ -21,7 +21,7 @@ from accelerate import PartialState
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .. import imaging
+from .. import imaging, samplers
 from ..errors import InputError, MimicBrushError
 from ..fileio import write_atomic
 from . import report
@@ -34,10 +34,11 @@ RUN_FILE = "run.json"
 
 @dataclass(frozen=True)
 class EditSettings:
-    """Everything that changes an edit's pixels (paper defaults: seed 1, 50 steps, guidance 5)."""
+    """Everything that changes an edit's pixels (paper defaults: seed 1, 50 DDIM steps, guidance 5)."""
 
     model: str
     steps: int = PAPER_STEPS
+    scheduler: str = samplers.DEFAULT_SAMPLER  # a name in samplers.SAMPLERS; the caller sets the pipeline's
     guidance: float = PAPER_GUIDANCE
     seed: int = PAPER_SEED
     reference_mode: str = "true"
@@ -47,6 +48,8 @@ class EditSettings:
     def __post_init__(self):
         if self.reference_mode not in REFERENCE_MODES:
             raise InputError(f"--reference-mode must be one of {', '.join(REFERENCE_MODES)}")
+        if self.scheduler not in samplers.SAMPLERS:
+            raise InputError(f"--scheduler must be one of {', '.join(samplers.SAMPLERS)}")
 
 
 def edit_path(out_dir: Path, case: Case) -> Path:
@@ -94,7 +97,8 @@ def pin_settings(out_dir: Path, settings: EditSettings) -> None:
     run_file = out_dir / RUN_FILE
     wanted = asdict(settings)
     if run_file.is_file():
-        recorded = json.loads(run_file.read_text())
+        # runs from before --scheduler existed were made with the release's DDIM
+        recorded = {"scheduler": samplers.DEFAULT_SAMPLER, **json.loads(run_file.read_text())}
         changed = {key: (recorded.get(key), value) for key, value in wanted.items() if recorded.get(key) != value}
         if changed:
             details = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())

@@ -15,6 +15,7 @@ from ..benchmark.defaults import (
     PAPER_STEPS,
     REFERENCE_MODES,
 )
+from .. import samplers
 from ..errors import InputError
 
 
@@ -59,6 +60,7 @@ def _register_run(commands) -> None:
     parser.add_argument("--model", required=True, metavar="PATH_OR_ID")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
+    samplers.add_argument(parser)  # --scheduler
     parser.add_argument("--guidance", type=float, default=PAPER_GUIDANCE)
     parser.add_argument("--seed", type=int, default=PAPER_SEED, help="the same seed for every case (paper: 1)")
     parser.add_argument(
@@ -129,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = EditSettings(
         model=str(args.model),
         steps=args.steps,
+        scheduler=args.scheduler,
         guidance=args.guidance,
         seed=args.seed,
         reference_mode=args.reference_mode,
@@ -149,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         for reason in dict.fromkeys(scorer.skipped.values()):  # CLIP-I and CLIP-T share one
             print(f"note: {reason}", file=sys.stderr)
     pipeline = load_pipeline(args.model, device=device, dtype=args.dtype)
+    samplers.use_sampler(pipeline, args.scheduler)
     summary = run_benchmark(tracks, pipeline, args.output, settings, scorer, limit=args.limit, state=state)
     if summary is not None:
         print(markdown_table([(args.output.name, summary)]), end="")

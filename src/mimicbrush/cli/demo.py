@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import imaging
+from .. import imaging, samplers
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the results")
     parser.add_argument("--model", help="another model instead of the bundled one")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--steps", type=int, default=20, help="scheduler steps (default 20)")
+    samplers.add_argument(parser)  # --scheduler
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
@@ -38,13 +39,15 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         print(f"model: the bundled demo model ({model})", file=sys.stderr)
     pipe = load_pipeline(model, device=args.device)
+    samplers.use_sampler(pipe, args.scheduler)
     steps = args.steps
     output_dir = Path(args.output_dir)
     examples = bundled_examples()
     rows = []
     for example, mismatched in zip(examples, mismatched_references(examples), strict=True):
         print(f"{example.name}: {example.description}", file=sys.stderr)
-        metadata = {"model": str(model), "seed": args.seed, "steps": steps, "keep_shape": example.keep_shape}
+        metadata = {"model": str(model), "seed": args.seed, "steps": steps, "scheduler": args.scheduler,
+                    "keep_shape": example.keep_shape}
         edits = {}
         for kind, reference in (("edit", example.reference), ("edit-mismatched", mismatched)):
             result = pipe(

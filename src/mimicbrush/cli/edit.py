@@ -7,7 +7,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from .. import __version__, editing, imaging
+from .. import __version__, editing, imaging, samplers
 from ..errors import InputError
 
 
@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, help="output image (.png, .jpg or .webp)")
     parser.add_argument("--model", help="release-layout folder, mimicbrush folder, or hub id")
     parser.add_argument("--keep-shape", action="store_true", help="depth shape control (texture transfer)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    parser.add_argument("--steps", type=int, default=50, help="scheduler steps (default 50)")
+    samplers.add_argument(parser)  # --scheduler
     parser.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5.0)")
     parser.add_argument("--seed", type=int, help="random seed (default: a random one, printed and stored)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         print("model: the bundled demo model (pass --model for another)", file=sys.stderr)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, offload=args.offload, compiled=args.compile)
+    samplers.use_sampler(pipe, args.scheduler)
     result = pipe(
         source_image=source,
         mask_image=mask,
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "model": str(args.model or "bundled demo model"),
         "seed": seed,
         "steps": args.steps,
+        "scheduler": args.scheduler,
         "guidance": args.guidance,
         "keep_shape": args.keep_shape,
         "no_reference": args.no_reference,
