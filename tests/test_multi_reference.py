@@ -16,6 +16,7 @@ from mimicbrush.models.reference_attention import (
 from tiny_models import tiny_pipeline
 
 STEPS = 2
+BOX = "10,5,40,30"
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +26,16 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def images():
+    """A source and two references of other shapes."""
     rng = np.random.default_rng(1)
-    source = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    first = rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)
-    second = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    return source, first, second
+    return tuple(rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(40, 60, 3), (50, 30, 3), (30, 50, 3)])
 
 
 def edit(pipe, source, reference, **kwargs):
-    kwargs = {"num_inference_steps": STEPS, "generator": torch.Generator().manual_seed(0), **kwargs}
-    return np.asarray(pipe(source_image=source, mask_image="10,5,40,30", reference_image=reference,
-                           **kwargs).model_images[0]).astype(np.int16)
+    """The model's square output (int16) for a seeded STEPS-step edit of BOX."""
+    generator = torch.Generator().manual_seed(0)
+    output = pipe(source, BOX, reference, generator=generator, **{"num_inference_steps": STEPS, **kwargs})
+    return np.asarray(output.model_images[0]).astype(np.int16)
 
 
 def plain_attention(attn, query_tokens, key_tokens, heads=2, head_dim=8):

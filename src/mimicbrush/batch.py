@@ -123,6 +123,8 @@ def _read_row(number: int, text: str, base_dir: Path, out_dir: Path) -> BatchRow
     for key, kind in ROW_OPTIONS:
         if key in raw:
             settings[key] = _option(row, key, kind)
+    for key in ("reference", "reference_box", *(key for key, _ in ROW_OPTIONS)):
+        row.take(key, None)  # known keys, for finish()'s "did you mean"
     output = row.string("output", f"{number:04d}-{source.stem}.png")
     row.finish()
     return BatchRow(number, out_dir / _output_name(output), settings)
