@@ -505,10 +505,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
-    """zoomed_edit's keyword arguments from the options add_arguments defined."""
+    """zoomed_edit's keyword arguments from the options add_arguments defined (one
+    --reference-box: its box; several: their list, one per reference)."""
+    boxes = args.reference_box
     return {
         "zoom": args.zoom,
         "margin": args.zoom_margin,
         "threshold": args.zoom_threshold,
-        "reference_box": args.reference_box,
+        "reference_box": boxes[0] if isinstance(boxes, list) and len(boxes) == 1 else boxes,
     }
