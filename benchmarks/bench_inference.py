@@ -187,9 +187,13 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
     for count in counts:
         time_edit(pipe, device, resolution, args.steps, False, count)  # warm-up
     seconds = {count: [] for count in counts}
+    # CPU seconds of this process too: on a shared CPU the wall time includes waiting for a core
+    cpu_seconds = {count: [] for count in counts}
     for _ in range(args.repeats):
         for count in counts:
+            start = time.process_time()
             seconds[count].append(time_edit(pipe, device, resolution, args.steps, False, count))
+            cpu_seconds[count].append(time.process_time() - start)
     memory = {}
     for count in counts:
         command = [sys.executable, __file__, "--device", str(device), "--steps", str(args.steps),
@@ -205,8 +209,11 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
         results[str(count)] = {
             "median_s_per_edit": round(median, 4),
             "all_s": [round(value, 4) for value in seconds[count]],
+            "median_cpu_s_per_edit": round(statistics.median(cpu_seconds[count]), 4),
+            "all_cpu_s": [round(value, 4) for value in cpu_seconds[count]],
             **memory[count],
             "time_ratio": round(median / statistics.median(seconds[first]), 3),
+            "cpu_time_ratio": round(statistics.median(cpu_seconds[count]) / statistics.median(cpu_seconds[first]), 3),
             "edit_memory_ratio": round(memory[count]["edit_gib"] / max(memory[first]["edit_gib"], 1e-9), 3),
         }
     return results
