@@ -8,6 +8,11 @@ each mode over `faithful`, as JSON on stdout (and in -o FILE).
 
     python benchmarks/bench_inference.py --device cuda --dtype fp16           # the GPU figures
     python benchmarks/bench_inference.py --small --steps 5 --modes faithful,fast   # CPU
+
+`--references 1,2,4` instead measures the default path with that many references (the same one,
+repeated: cost does not depend on the pixels): time interleaved repeat by repeat in this process,
+memory in a fresh process per count (CPU: a process's peak RSS only grows, so one process cannot
+tell the counts apart), and each count's ratio to the first.
 """
 
 from __future__ import annotations
@@ -137,20 +142,81 @@ def component_timer(pipe, device: torch.device, totals: dict):
             hook.remove()
 
 
-def edit_inputs(resolution: int):
+def edit_inputs(resolution: int, references: int = 1):
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     reference = rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)
-    return dict(source_image=source, mask_image="200,120,440,360", reference_image=reference, resolution=resolution)
+    return dict(source_image=source, mask_image="200,120,440,360", resolution=resolution,
+                reference_image=reference if references == 1 else [reference] * references)
 
 
-def time_edit(pipe, device, resolution: int, steps: int, faithful: bool) -> float:
+def time_edit(pipe, device, resolution: int, steps: int, faithful: bool, references: int = 1) -> float:
     synchronize(device)
     start = time.perf_counter()
-    pipe(**edit_inputs(resolution), num_inference_steps=steps, guidance_scale=5.0,
+    pipe(**edit_inputs(resolution, references), num_inference_steps=steps, guidance_scale=5.0,
          generator=torch.Generator("cpu").manual_seed(1), faithful=faithful)
     synchronize(device)
     return time.perf_counter() - start
+
+
+def resident_gib() -> float:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def reference_memory(pipe, device, resolution: int, steps: int, references: int) -> dict:
+    """Peak memory of one edit with `references` references, in a process that ran nothing else."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        time_edit(pipe, device, resolution, steps, False, references)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"peak_allocated_gib": round(peak / 2**30, 4), "edit_gib": round((peak - before) / 2**30, 4)}
+    before = resident_gib()
+    time_edit(pipe, device, resolution, steps, False, references)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"process_peak_rss_gib": round(peak, 4), "edit_gib": round(peak - before, 4)}
+
+
+def measure_references(pipe, device, args, resolution: int, counts: list[int]) -> dict:
+    """Time per count (fast path) interleaved repeat by repeat; memory per count from a child
+    process each; ratios to the first count."""
+    import subprocess
+
+    for count in counts:
+        time_edit(pipe, device, resolution, args.steps, False, count)  # warm-up
+    seconds = {count: [] for count in counts}
+    # CPU seconds of this process too: on a shared CPU the wall time includes waiting for a core
+    cpu_seconds = {count: [] for count in counts}
+    for _ in range(args.repeats):
+        for count in counts:
+            start = time.process_time()
+            seconds[count].append(time_edit(pipe, device, resolution, args.steps, False, count))
+            cpu_seconds[count].append(time.process_time() - start)
+    memory = {}
+    for count in counts:
+        command = [sys.executable, __file__, "--device", str(device), "--steps", str(args.steps),
+                   "--resolutions", str(resolution), "--memory-of-references", str(count)]
+        command += ["--small"] if args.small else []
+        command += ["--dtype", args.dtype] if args.dtype else []
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        memory[count] = json.loads(result.stdout)
+    first = counts[0]
+    results = {}
+    for count in counts:
+        median = statistics.median(seconds[count])
+        results[str(count)] = {
+            "median_s_per_edit": round(median, 4),
+            "all_s": [round(value, 4) for value in seconds[count]],
+            "median_cpu_s_per_edit": round(statistics.median(cpu_seconds[count]), 4),
+            "all_cpu_s": [round(value, 4) for value in cpu_seconds[count]],
+            **memory[count],
+            "time_ratio": round(median / statistics.median(seconds[first]), 3),
+            "cpu_time_ratio": round(statistics.median(cpu_seconds[count]) / statistics.median(cpu_seconds[first]), 3),
+            "edit_memory_ratio": round(memory[count]["edit_gib"] / max(memory[first]["edit_gib"], 1e-9), 3),
+        }
+    return results
 
 
 def measure(pipe, device, resolution: int, steps: int, repeats: int, variants: dict[str, bool]) -> dict:
@@ -201,6 +267,9 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="faithful,fast,compile,offload-model,offload-sequential")
     parser.add_argument("--resolutions", default=None, help="comma list, e.g. 512,768 (default: the model's)")
     parser.add_argument("--sequential-steps", type=int, default=3, help="steps for offload-sequential (slow)")
+    parser.add_argument("--references", help="comma list of reference counts, e.g. 1,2,4: time and memory "
+                        "of the default path with that many references, instead of --modes")
+    parser.add_argument("--memory-of-references", type=int, help=argparse.SUPPRESS)  # the child of --references
     parser.add_argument("-o", "--output", help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -217,6 +286,9 @@ def main(argv=None) -> int:
 
     diffusers_logging.set_verbosity_error()  # casting random modules warns once per module
     pipe = random_pipeline(size, device, dtype)
+    if args.memory_of_references:
+        print(json.dumps(reference_memory(pipe, device, resolutions[0], args.steps, args.memory_of_references)))
+        return 0
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
@@ -227,6 +299,12 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "results": {},
     }
+    if args.references:
+        counts = [int(count) for count in args.references.split(",")]
+        print(f"timing {', '.join(map(str, counts))} references at {resolutions[0]} ...", file=sys.stderr)
+        report["references"] = measure_references(pipe, device, args, resolutions[0], counts)
+        del report["results"]
+        return write_report(report, args.output)
     # faithful and fast share the pipeline and differ by one flag: timed interleaved
     eager = {mode: mode == "faithful" for mode in modes if mode in ("faithful", "fast")}
     for mode in eager:
@@ -262,10 +340,14 @@ def main(argv=None) -> int:
         }
         for mode, results in report["results"].items() if mode != "faithful"
     }
+    return write_report(report, args.output)
+
+
+def write_report(report: dict, output: str | None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
-    if args.output:
-        with open(args.output, "w") as file:
+    if output:
+        with open(output, "w") as file:
             file.write(text + "\n")
     return 0
 

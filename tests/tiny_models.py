@@ -62,3 +62,9 @@ def tiny_pipeline(seed: int = 0) -> MimicBrushPipeline:
     pipe = MimicBrushPipeline(**{k: v.eval() if hasattr(v, "eval") else v for k, v in tiny_components(seed).items()})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def saved_tiny_pipeline(folder):
+    """A tiny pipeline saved as a model folder (what --model takes); returns the folder."""
+    tiny_pipeline().save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -47,7 +47,7 @@ class Section:
         """Refuse any key no read asked for."""
         for key in self.raw:
             if key not in self._read:
-                raise ConfigError(unknown_key(self.where(key), key, self._read))
+                raise ConfigError(unknown_key(self.where(key), key, list(dict.fromkeys(self._read))))
 
     def child(self, key: str) -> Section:
         return Section(self.take(key, None), self.where(key), self.base_dir)

@@ -268,6 +268,38 @@ def hint_box(hint, reference_size: tuple[int, int]) -> Box:
     return tight_box(imaging.binary_mask(imaging.load_mask(hint, reference_size)))
 
 
+def reference_list(reference_image) -> list | None:
+    """None, or the references as a list: `reference_image` is one image (path, PIL image,
+    array) or a list/tuple of them."""
+    if reference_image is None:
+        return None
+    if not isinstance(reference_image, (list, tuple)):
+        return [reference_image]
+    if not reference_image or any(reference is None for reference in reference_image):
+        raise InputError("a list of references must hold at least one image and no None")
+    return list(reference_image)
+
+
+def paired_reference_boxes(reference_image, reference_box) -> list | None:
+    """The reference hints paired with `reference_list(reference_image)`: None when there is no
+    hint, else one entry (a hint or None) per reference. With a list of references the hints
+    are a list of the same length (a single reference takes any hint hint_box takes, including
+    a 4-tuple, so only a list of references makes a list of hints)."""
+    if reference_box is None:
+        return None
+    if reference_image is None:
+        raise InputError("a reference box needs a reference image (it restricts what the reference offers)")
+    if not isinstance(reference_image, (list, tuple)):
+        return [reference_box]
+    count = len(reference_image)
+    if not isinstance(reference_box, (list, tuple)) or len(reference_box) != count:
+        given = len(reference_box) if isinstance(reference_box, (list, tuple)) else 1
+        raise InputError(f"give one reference box per reference ({count}), paired in order, or none; got {given}")
+    if all(box is None for box in reference_box):
+        return None
+    return list(reference_box)
+
+
 def reference_crop_box(
     hint: Box, reference_size: tuple[int, int], margin: float = DEFAULT_REFERENCE_MARGIN
 ) -> Box:
@@ -302,13 +334,14 @@ class EditingOutput:
     """images: the composed edit at the source's own size (one). model_images / depth_images /
     regions: one entry per model call (the whole-image call first, then each zoomed region);
     depth images are at their crop's size (None without shape control). reference_box: the
-    part of the reference the model was given (None: the whole reference)."""
+    part of the reference the model was given (None: the whole reference); with a list of
+    references, None or a list with an entry per reference."""
 
     images: list[PIL.Image.Image]
     model_images: list[PIL.Image.Image]
     depth_images: list[PIL.Image.Image | None]
     regions: list[EditedRegion]
-    reference_box: Box | None
+    reference_box: Box | list[Box | None] | None
 
 
 def check_options(
@@ -353,10 +386,11 @@ def zoomed_edit(
     pipeline call on the user's inputs: the release's edit.
     """
     check_options(zoom, margin, threshold, reference_margin)
-    source = np.asarray(imaging.load_image(source_image, "source image"))
+    source_image, mask_image = imaging.load_source_and_mask(source_image, mask_image)
+    source = np.asarray(source_image)
     height, width = source.shape[:2]
-    mask = imaging.binary_mask(imaging.load_mask(mask_image, (width, height)))
-    reference, used_reference_box = _prepare_reference(reference_image, reference_box, reference_margin)
+    mask = imaging.binary_mask(mask_image)
+    reference, used_reference_box = _prepare_references(reference_image, reference_box, reference_margin)
     plans = plan_regions(mask, zoom=zoom, margin=margin, threshold=threshold)
 
     generator = pipe_kwargs.get("generator")
@@ -393,12 +427,22 @@ def zoomed_edit(
     return EditingOutput([PIL.Image.fromarray(canvas)], model_images, depth_images, regions, used_reference_box)
 
 
-def _prepare_reference(reference_image, reference_box, margin: float) -> tuple[np.ndarray | None, Box | None]:
-    """The reference the model gets (cropped to the hint plus context) and that crop's box."""
-    if reference_image is None:
-        if reference_box is not None:
-            raise InputError("a reference box needs a reference image (it restricts what the reference offers)")
+def _prepare_references(reference_image, reference_box, margin: float):
+    """What _prepare_reference gives, for one reference or (as lists) for a list of them."""
+    boxes = paired_reference_boxes(reference_image, reference_box)
+    references = reference_list(reference_image)
+    if references is None:
         return None, None
+    prepared = [_prepare_reference(reference, box, margin)
+                for reference, box in zip(references, boxes or [None] * len(references))]
+    if not isinstance(reference_image, (list, tuple)):
+        return prepared[0]
+    crops = [crop for _, crop in prepared]
+    return [image for image, _ in prepared], (crops if any(crop is not None for crop in crops) else None)
+
+
+def _prepare_reference(reference_image, reference_box, margin: float) -> tuple[np.ndarray, Box | None]:
+    """The reference the model gets (cropped to the hint plus context) and that crop's box."""
     reference = np.asarray(imaging.load_image(reference_image, "reference image"))
     if reference_box is None:
         return reference, None
@@ -420,8 +464,12 @@ def describe_regions(output: EditingOutput) -> list[str]:
             f"{region.model_resolution}×{region.model_resolution}, {region.scale:.2f} model px per "
             f"source px (without zoom {region.release_scale:.2f})"
         )
-    if output.reference_box is not None:
-        lines.append(f"reference: cropped to {_box_text(output.reference_box)} (hint plus context)")
+    boxes = output.reference_box
+    if isinstance(boxes, tuple):
+        lines.append(f"reference: cropped to {_box_text(boxes)} (hint plus context)")
+    elif boxes is not None:
+        lines += [f"reference {index}: cropped to {_box_text(box)} (hint plus context)"
+                  for index, box in enumerate(boxes, 1) if box is not None]
     return lines
 
 
@@ -450,16 +498,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"zoom regions whose box covers less than this share of the image (default {DEFAULT_ZOOM_THRESHOLD})",
     )
     parser.add_argument(
-        "--reference-box", metavar="x0,y0,x1,y1",
-        help="restrict what the reference offers: it is cropped to this box (plus a little context)",
+        "--reference-box", metavar="x0,y0,x1,y1", action="append",
+        help="restrict what the reference offers: it is cropped to this box (plus a little context); "
+        "with several --reference, once per reference, paired in order",
     )
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
-    """zoomed_edit's keyword arguments from the options add_arguments defined."""
+    """zoomed_edit's keyword arguments from the options add_arguments defined (one
+    --reference-box: its box; several: their list, one per reference)."""
+    boxes = args.reference_box
     return {
         "zoom": args.zoom,
         "margin": args.zoom_margin,
         "threshold": args.zoom_threshold,
-        "reference_box": args.reference_box,
+        "reference_box": boxes[0] if isinstance(boxes, list) and len(boxes) == 1 else boxes,
     }

@@ -29,6 +29,19 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# EXIF orientation -> the transpose that shows the stored pixels as displayed (as Pillow's
+# ImageOps.exif_transpose); 5-8 swap width and height
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SIDE_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION_TAG = 0x0112
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,9 +238,31 @@ def same_aspect(size: tuple[int, int], target: tuple[int, int]) -> bool:
     return abs(width * target_height - height * target_width) <= (target_width + target_height) / 2
 
 
+def exif_orientation(image) -> int:
+    """The EXIF orientation (1-8) of an image file given by its path; 1 for a PIL image or an array
+    (their pixels are taken as displayed: load_image applies EXIF only when it opens a file), for a
+    box, and for a file without a valid tag."""
+    if not isinstance(image, (str, os.PathLike)) or (isinstance(image, str) and looks_like_box(image)):
+        return 1
+    try:
+        with Image.open(image, formats=SUPPORTED_FORMATS) as image_file:
+            orientation = image_file.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # unreadable files are reported by load_image, with a clear message
+        return 1
+    return orientation if orientation in EXIF_TRANSPOSE else 1
+
+
+def load_source_and_mask(source, mask) -> tuple[Image.Image, Image.Image]:
+    """The source (RGB, as displayed) and its mask (load_mask), the mask following the source's
+    EXIF orientation where it was painted on the stored pixels (see load_mask)."""
+    image = load_image(source, "source image")
+    return image, load_mask(mask, image.size, source_orientation=exif_orientation(source))
+
+
 def load_mask(
     mask: str | os.PathLike | Image.Image | np.ndarray,
     size: tuple[int, int],
+    source_orientation: int = 1,
 ) -> Image.Image:
     """An L-mode mask at `size` (> 128 = edit; soft values are kept) from a file, image, array or box.
 
@@ -235,6 +270,12 @@ def load_mask(
     notice, since users often paint masks on a downscaled copy; one of another aspect ratio is
     refused, since stretching it would move the edit. An empty mask is an error (nothing to edit);
     a full one is allowed, with a notice.
+
+    `size` is the source as displayed. When the source's EXIF orientation swaps its sides (5-8,
+    `source_orientation`) and the mask has the aspect ratio of the source's stored pixels (not of
+    the displayed ones), the mask was painted by a tool that ignores EXIF: it gets the same EXIF
+    transform, with a notice, then is resized as above if needed. With orientations 2-4, and when
+    the source is square, the stored and displayed shapes agree and the mask is taken as displayed.
     """
     if isinstance(mask, str) and looks_like_box(mask):
         x0, y0, x1, y1 = parse_box(mask, size)
@@ -248,6 +289,15 @@ def load_mask(
             image = mask_to_luminance(mask)
         else:
             image = mask_to_luminance(open_image(mask, "mask"))
+        stored_size = (size[1], size[0])
+        if (source_orientation in SIDE_SWAPPING_ORIENTATIONS and not same_aspect(image.size, size)
+                and same_aspect(image.size, stored_size)):
+            warnings.warn(
+                f"mask is {image.size[0]}×{image.size[1]}, the source's stored orientation (EXIF orientation "
+                f"{source_orientation} displays it as {size[0]}×{size[1]}): rotated as the source is",
+                stacklevel=2,
+            )
+            image = image.transpose(EXIF_TRANSPOSE[source_orientation])
         if image.size != tuple(size):
             width, height = image.size
             if not same_aspect(image.size, size):

@@ -19,7 +19,7 @@ from .errors import InputError
 from .models.depth import DepthGuider, estimate_depth
 from .models.image_encoder import ImageProjection, penultimate_hidden_states
 from .models.standins import PixelShuffleAutoencoder
-from .models.reference_attention import ReferenceBank, attach_reference_attention, run_reference_unet
+from .models.reference_attention import ReferenceBank, attach_reference_attention, run_reference_unet, split_references
 
 
 @dataclass
@@ -39,8 +39,8 @@ class EditInputs:
     source: np.ndarray  # H×W×3 uint8, the user's image
     mask: np.ndarray  # H×W {0,1}
     collage_pixels: np.ndarray  # 1×3×R×R in [-1, 1]: padded source, masked region black
-    reference_pixels: np.ndarray | None  # 1×3×R×R in [-1, 1]
-    clip_pixels: np.ndarray | None  # 1×3×224×224, CLIP-normalised
+    reference_pixels: np.ndarray | None  # K×3×R×R in [-1, 1], one per reference
+    clip_pixels: np.ndarray | None  # K×3×224×224, CLIP-normalised
     depth_pixels: np.ndarray  # 1×3×518×518, ImageNet-normalised /255
     model_mask: np.ndarray  # 1×1×R×R {0,1}
 
@@ -172,21 +172,25 @@ class MimicBrushPipeline(DiffusionPipeline):
 
         source_image / reference_image: path, PIL image or H×W×3 uint8 array. mask_image: the
         same, or a box "x0,y0,x1,y1"; > 128 means edit. reference_image=None runs the
-        unconditional branch alone (the "no reference" ablation). keep_shape: depth shape
+        unconditional branch alone (the "no reference" ablation); a list of references is
+        imitated together (each through the reference U-Net; the edit attends over all their
+        features at once; a list of one is the same as that one reference). keep_shape: depth shape
         control (texture transfer). guidance_scale == 1 skips the unconditional row.
         faithful: the release's compute pattern (same result, slower; for measurement).
         resolution: the square side the model edits at (a multiple of 64; default the model's
         native one, 512 for the release).
         zoom="auto" edits small regions on a crop around each; reference_box (a box or mask on
-        the reference) restricts what the reference offers; see editing.py. The output then also
-        lists the regions edited.
+        the reference; with a list of references, a list with one entry or None per reference)
+        restricts what the reference offers; see editing.py. The output then also lists the
+        regions edited.
         The scheduler is `self.scheduler`; `num_inference_steps` counts its steps (a second-order
         one calls the U-Nets twice per step but the first) and `callback_on_step_end` runs after
         every U-Net call.
         """
         resolution = resolution or self.resolution
         self.check_inputs(num_inference_steps, guidance_scale, resolution)
-        if zoom != "off" or reference_box is not None:
+        hinted = editing.paired_reference_boxes(reference_image, reference_box) is not None
+        if zoom != "off" or hinted:
             output = editing.zoomed_edit(
                 self, source_image, mask_image, reference_image, reference_box,
                 zoom=zoom, margin=zoom_margin, threshold=zoom_threshold,
@@ -232,17 +236,20 @@ class MimicBrushPipeline(DiffusionPipeline):
 
     def prepare_inputs(self, source_image, mask_image, reference_image, resolution: int) -> EditInputs:
         """Load and validate the images, pad to squares and build each model's input arrays."""
-        source = np.asarray(imaging.load_image(source_image, "source image"))
-        height, width = source.shape[:2]
-        mask = imaging.binary_mask(imaging.load_mask(mask_image, (width, height)))
+        source_image, mask_image = imaging.load_source_and_mask(source_image, mask_image)
+        source = np.asarray(source_image)
+        mask = imaging.binary_mask(mask_image)
         padded_source = imaging.pad_to_square(source, fill=255)
         padded_mask = imaging.pad_to_square(mask, fill=0)
         reference_pixels = clip_pixels = None
-        if reference_image is not None:
-            reference = np.asarray(imaging.load_image(reference_image, "reference image"))
-            padded_reference = imaging.pad_to_square(reference, fill=255)
-            reference_pixels = imaging.to_model_pixels(padded_reference, resolution)
-            clip_pixels = imaging.to_clip_pixels(padded_reference, self.clip_input_size)
+        references = editing.reference_list(reference_image)
+        if references is not None:
+            padded = [
+                imaging.pad_to_square(np.asarray(imaging.load_image(reference, "reference image")), fill=255)
+                for reference in references
+            ]
+            reference_pixels = np.concatenate([imaging.to_model_pixels(square, resolution) for square in padded])
+            clip_pixels = np.concatenate([imaging.to_clip_pixels(square, self.clip_input_size) for square in padded])
         return EditInputs(
             source=source,
             mask=mask,
@@ -273,17 +280,26 @@ class MimicBrushPipeline(DiffusionPipeline):
 
     def encode_reference(self, clip_pixels: np.ndarray | None, rows: list[str]) -> torch.Tensor:
         """Cross-attention context per row: the reference's embeds (cond) or those of an all-zero
-        CLIP input (uncond), which never change and so are computed once."""
+        CLIP input (uncond), which never change and so are computed once.
+
+        With K references the cond row holds their K token sequences side by side (the imitative
+        U-Net's cross-attention chooses among all of them, as its self-attention does among the
+        banks; averaging would mix unrelated patches token by token), and the uncond row holds its
+        tokens K times: attention over K copies of the same keys is attention over one copy.
+        split_references gives back each reference's own tokens for the reference U-Net."""
+        count = 1 if clip_pixels is None else len(clip_pixels)
         embeds = []
         for row in rows:
             if row == "cond":
-                embeds.append(self.image_embeds(torch.from_numpy(clip_pixels)))
+                tokens = self.image_embeds(torch.from_numpy(clip_pixels))
+                embeds.append(tokens.reshape(1, -1, tokens.shape[-1]))
             else:
                 size = self.clip_input_size
-                embeds.append(self._constant(
+                unconditional = self._constant(
                     "unconditional_embeds", (self.image_encoder, self.image_proj),
                     lambda: self.image_embeds(torch.zeros(1, 3, size, size)),
-                ))
+                )
+                embeds.append(unconditional.repeat(1, count, 1) if count > 1 else unconditional)
         return torch.cat(embeds).to(self.unet.dtype)
 
     def encode_depth(
@@ -333,17 +349,22 @@ class MimicBrushPipeline(DiffusionPipeline):
     def prepare_latents(self, inputs: EditInputs, generator: torch.Generator | None, resolution: int):
         """Three draws from one generator, in the release's order: reference posterior, initial
         noise, collage posterior. Without a reference the first draw is still made, so the
-        no-reference ablation starts from the same noise."""
+        no-reference ablation starts from the same noise; the posteriors of further references are
+        drawn last, so adding a reference leaves the noise and the collage as they were."""
         latent_size = resolution // self.vae_scale_factor
         shape = (1, self.vae.config.latent_channels, latent_size, latent_size)
-        if inputs.reference_pixels is not None:
-            reference_latents = self._posterior_sample(inputs.reference_pixels, generator)
+        references = inputs.reference_pixels
+        if references is not None:
+            reference_latents = self._posterior_sample(references[:1], generator)
         else:
             torch.randn(shape, generator=generator, dtype=torch.float32)
             reference_latents = None
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         latents = (noise * self.scheduler.init_noise_sigma).to(self._execution_device, self.unet.dtype)
         masked_latents = self._posterior_sample(inputs.collage_pixels, generator)
+        if references is not None and len(references) > 1:
+            further = [self._posterior_sample(pixels[None], generator) for pixels in references[1:]]
+            reference_latents = torch.cat([reference_latents, *further])
         return reference_latents, latents, masked_latents
 
     def denoise(
@@ -371,8 +392,10 @@ class MimicBrushPipeline(DiffusionPipeline):
             # fast path: the reference U-Net runs for the rows that read it; the release ran it
             # for every row and attended over the bank in every row
             reference_rows = list(range(len(rows))) if faithful else [rows.index("cond")]
-            reference_input = reference_latents.repeat(len(reference_rows), 1, 1, 1)
-            reference_embeds = embeds[reference_rows]
+            reference_count = len(reference_latents)
+            # one batch for every (reference, row), reference-major, each with its own tokens
+            reference_input = reference_latents.repeat_interleave(len(reference_rows), dim=0)
+            reference_embeds = split_references(embeds[reference_rows], reference_count)
         step_kwargs = self.scheduler_step_kwargs(generator)
         try:
             for step, timestep in enumerate(self.progress_bar(timesteps)):
@@ -383,6 +406,7 @@ class MimicBrushPipeline(DiffusionPipeline):
                     run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
                                        self.bank, run_to_end=faithful or self.reference_unet_runs_to_end)
                     self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
+                    self.bank.references = reference_count
                     self.bank.faithful = faithful
                 # only the noisy latent is scaled (sigma schedulers); the condition channels are
                 # clean inputs (DDIM's scaling is the identity: the release's numbers are kept)

@@ -7,6 +7,10 @@
         reference=handle_file("ref.jpg"), reference_box="", keep_shape=False, zoom="off",
         steps=50, guidance=5.0, seed=0, scheduler="ddim", api_name="/edit")
 
+Several references: `more_references=[handle_file("ref2.jpg"), ...]` (imitated together with
+`reference`) and optionally `more_reference_boxes="x0,y0,x1,y1; ; x0,y0,x1,y1"`, one entry per
+further reference, in order (an empty entry: the whole reference).
+
 `result` is the path of the downloaded PNG (full resolution, the settings in its metadata).
 `scheduler` is optional (default ddim); /info lists the ones the loaded model supports.
 The endpoints are registered on hidden components, so they never show on the page.
@@ -27,6 +31,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
 
     def edit(source: str | None, mask: str | None, box: str, reference: str | None, reference_box: str,
              keep_shape: bool, zoom: str, steps: int, guidance: float, seed: int, scheduler: str = "ddim",
+             more_references: list[str] | None = None, more_reference_boxes: str = "",
              progress=gr.Progress()):
         """Repaint the masked region of `source` by imitating `reference`.
 
@@ -34,16 +39,20 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
         none; box: "x0,y0,x1,y1" in source pixels (added to the mask; one of the two is needed).
         reference_box: optional "x0,y0,x1,y1" on the reference, the part to imitate.
         keep_shape: texture transfer (depth shape control). zoom: "off" or "auto".
-        seed: -1 for a random one. scheduler: a name /info lists (steps counts its steps). Returns the result PNG, the depth preview (keep_shape only),
+        seed: -1 for a random one. scheduler: a name /info lists (steps counts its steps).
+        more_references: further reference files, imitated together with `reference`;
+        more_reference_boxes: "; "-separated hints for them, in order, or "".
+        Returns the result PNG, the depth preview (keep_shape only),
         the mask overlay and a dict with the seed and the settings.
         """
         try:
             source_image = service.load_source(source)
+            references, hints = _references(reference, reference_box, more_references, more_reference_boxes)
             request = EditRequest(
                 source=source_image,
                 mask=_mask(source_image.size, mask, box, service),
-                reference=reference,
-                reference_box=(reference_box or "").strip() or None,
+                reference=references,
+                reference_box=hints,
                 keep_shape=bool(keep_shape),
                 steps=_whole(steps, "steps"),
                 guidance=float(guidance),
@@ -85,6 +94,8 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
             gr.Number(value=5.0, label="guidance"),
             gr.Number(value=-1, precision=0, label="seed"),
             gr.Dropdown(service.schedulers, value=samplers.DEFAULT_SAMPLER, label="scheduler"),
+            gr.File(value=None, file_count="multiple", file_types=["image"], label="more_references"),
+            gr.Textbox(value="", label="more_reference_boxes"),
         ]
         outputs = [
             gr.Image(type="filepath", format="png", label="result"),
@@ -97,6 +108,20 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
         info_button = gr.Button("info")
     edit_button.click(edit, inputs, outputs, api_name="edit", concurrency_limit=1, concurrency_id=MODEL_QUEUE)
     info_button.click(info, None, info_output, api_name="info", queue=False)
+
+
+def _references(reference, reference_box: str, more: list | None, more_boxes: str):
+    """(reference, hint) for one reference, or (list, list of hints or None) for several."""
+    hint = (reference_box or "").strip() or None
+    more = [str(path) for path in more or []]
+    boxes = [box.strip() or None for box in more_boxes.split(";")] if (more_boxes or "").strip() else [None] * len(more)
+    if len(boxes) != len(more):
+        raise InputError(f"more_reference_boxes has {len(boxes)} entries for {len(more)} more references: "
+                         "give one per reference (an empty one for the whole reference), or none")
+    if not more:
+        return reference, hint
+    hints = [hint, *boxes]
+    return [reference, *more], (hints if any(h is not None for h in hints) else None)
 
 
 def _whole(value, what: str) -> int:

@@ -44,7 +44,9 @@ StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
 class EditRequest:
     """One edit, as the user asked for it. Images are RGB PIL images (or anything imaging.load_image
     takes); mask is H×W (bool, or uint8 where > 128 means edit) at the source's size or its aspect
-    ratio; reference_box is a box string "x0,y0,x1,y1", a mask on the reference, or None."""
+    ratio; reference_box is a box string "x0,y0,x1,y1", a mask on the reference, or None.
+    Several references: `reference` is a list (imitated together), and reference_box None or a
+    list with one hint (or None) per reference."""
 
     source: object
     mask: object
@@ -168,6 +170,11 @@ def _mask_input(mask):
     return np.asarray(mask)
 
 
+def _hint_text(hint) -> str:
+    """How a reference hint is recorded in the result's metadata."""
+    return "" if hint is None else hint if isinstance(hint, str) else "painted"
+
+
 def _eroded(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1, constant_values=False)
     result = mask.copy()
@@ -223,6 +230,32 @@ class EditService:
             )
         return self._load(image, "reference image")
 
+    def load_references(self, references, hints) -> tuple[list[PIL.Image.Image], list]:
+        """The references (one image or a list) and one hint per reference (a box string, a
+        mask, or None), the box strings checked against their reference."""
+        several = isinstance(references, (list, tuple))
+        images = [self.load_reference(image) for image in (references if several else [references])]
+        if not images:
+            self.load_reference(None)
+        if hints is None:
+            hints = [None] * len(images)
+        elif not several:
+            hints = [hints]
+        if not isinstance(hints, (list, tuple)) or len(hints) != len(images):
+            given = len(hints) if isinstance(hints, (list, tuple)) else 1
+            raise InputError(f"Give one reference region per reference ({len(images)}), or none; got {given}.")
+        checked = []
+        for index, (image, hint) in enumerate(zip(images, hints), 1):
+            if isinstance(hint, str):
+                hint = hint.strip() or None
+            if isinstance(hint, str):
+                try:
+                    imaging.parse_box(hint, image.size)  # a clear error before any work
+                except InputError as error:
+                    raise InputError(f"Reference {index}'s region: {error}" if several else str(error)) from None
+            checked.append(hint)
+        return images, checked
+
     def _load(self, image, what: str) -> PIL.Image.Image:
         if isinstance(image, PIL.Image.Image):
             check_limits(image, what, self.max_side)  # before converting a huge image
@@ -269,13 +302,12 @@ class EditService:
                         "The mask is empty: paint the region to edit on the source with the brush, or draw a box."
                     ) from None
                 raise
-            reference = self.load_reference(request.reference)
-            reference_box = request.reference_box
-            if isinstance(reference_box, str) and not reference_box.strip():
-                reference_box = None
-            if isinstance(reference_box, str):
-                reference_box = reference_box.strip()
-                imaging.parse_box(reference_box, reference.size)  # a clear error before any work
+            references, hints = self.load_references(request.reference, request.reference_box)
+            if len(references) == 1:
+                reference, reference_box = references[0], hints[0]
+            else:
+                reference = references
+                reference_box = hints if any(hint is not None for hint in hints) else None
             mask01 = imaging.binary_mask(mask_image)
             calls = 1
             if request.zoom != "off" or reference_box is not None:
@@ -320,8 +352,9 @@ class EditService:
             "guidance": float(request.guidance),
             "keep_shape": bool(request.keep_shape),
             "zoom": request.zoom,
-            **({"reference_box": reference_box} if isinstance(reference_box, str) else {}),
-            **({"reference_box": "painted"} if reference_box is not None and not isinstance(reference_box, str) else {}),
+            **({"references": len(references)} if len(references) > 1 else {}),
+            **({"reference_box": "; ".join(_hint_text(hint) for hint in hints)}
+               if any(hint is not None for hint in hints) else {}),
         }
         image = output.images[0]
         path = imaging.save_image(image, self.output_dir / f"mimicbrush-{seed}-{uuid.uuid4().hex[:8]}.png",

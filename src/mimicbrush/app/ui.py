@@ -120,6 +120,8 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
             )
             reference_box = gr.Textbox(label="Reference region x0,y0,x1,y1 (optional, instead of painting)",
                                        elem_id="reference-box")
+            more_references = gr.File(label="More references (optional): imitated together with the one above",
+                                      file_count="multiple", file_types=["image"], elem_id="more-references")
             with gr.Row():
                 keep_shape = gr.Checkbox(label="Keep the original shape (texture transfer)", elem_id="keep-shape")
                 zoom = gr.Checkbox(label="Auto zoom-in on small regions", elem_id="zoom")
@@ -193,8 +195,8 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
 
     # --- the edit --------------------------------------------------------------------------------
 
-    def on_run(source_value, box_text, mask_path, reference_value, reference_box_text, keep, zoom_in, n_steps, scale,
-               seed_value, sampler_name, past, progress=gr.Progress()):
+    def on_run(source_value, box_text, mask_path, reference_value, reference_box_text, more_paths, keep, zoom_in,
+               n_steps, scale, seed_value, sampler_name, past, progress=gr.Progress()):
         try:
             image, mask = editor_inputs(source_value, box_text or "", "source")
             if image is None:
@@ -209,6 +211,9 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
             reference_image, hint = editor_inputs(reference_value, "", "reference")
             if reference_box_text and reference_box_text.strip():
                 hint = reference_box_text.strip()
+            if more_paths:  # the others are used whole: no region to mark on them
+                reference_image = [reference_image, *(str(path) for path in more_paths)]
+                hint = [hint] + [None] * len(more_paths)
             request = EditRequest(
                 source=image, mask=mask, reference=reference_image, reference_box=hint,
                 keep_shape=bool(keep), steps=int(n_steps), guidance=float(scale),
@@ -236,7 +241,8 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
 
     run.click(
         on_run,
-        [source, box, mask_file, reference, reference_box, keep_shape, zoom, steps, guidance, seed, scheduler,
+        [source, box, mask_file, reference, reference_box, more_references, keep_shape, zoom, steps, guidance, seed,
+         scheduler,
          history_state],
         [result, download, info, overlay, depth, history_state, history],
         api_visibility="private", concurrency_limit=1, concurrency_id=MODEL_QUEUE,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import imaging, samplers
 from ..errors import InputError, MimicBrushError
 from ..fileio import write_atomic
+from ..sharding import process_share
 from . import report
 from .defaults import PAPER_GUIDANCE, PAPER_SEED, PAPER_STEPS, REFERENCE_MODES
 from .scoring import CaseScorer
@@ -117,14 +118,9 @@ def generate_edits(
     progress: bool = True,
 ) -> None:
     """Make this process's share of the missing edits."""
-    pending = [case for case in cases if not edit_path(out_dir, case).is_file()]
-    state.wait_for_everyone()  # every process lists the same pending cases before any is written
     metadata = {"mimicbrush-bench": json.dumps(asdict(settings))}
-    with state.split_between_processes(pending) as share:
-        for case in tqdm(share, desc=f"edits (process {state.process_index})", disable=not progress):
-            imaging.save_image(
-                make_edit(pipeline, case, settings), edit_path(out_dir, case), metadata=metadata, force=True
-            )
+    for case in process_share(cases, lambda case: edit_path(out_dir, case), state, desc="edits", progress=progress):
+        imaging.save_image(make_edit(pipeline, case, settings), edit_path(out_dir, case), metadata=metadata, force=True)
 
 
 def run_benchmark(

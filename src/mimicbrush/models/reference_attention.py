@@ -5,6 +5,11 @@ self-attention (the block's norm1 output). The matching imitative block mixes, f
 see the reference: h + 0.5·Attn(n, [n ; bank]) + 0.5·Attn(n, n); other rows (the guidance row,
 dropped references in training) get plain self-attention. Done with attention processors, so the
 U-Nets stay stock diffusers `UNet2DConditionModel`s.
+
+Several references: the reference U-Net runs on all of them in one batch, reference-major (every
+row of reference A, then every row of B, ...), and a reading row attends over
+[n ; bank_A ; bank_B ; ...]. The joint softmax is taken as it is, not renormalised per reference:
+a reference given twice counts twice.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ class ReferenceBank:
     """The reference features of one denoising step, and which imitative rows read them.
 
     `rows` indexes the imitative batch; `features[name]` has one row per entry of `rows`.
+    With `references` K > 1, `features[name]` has K·len(rows) rows, reference-major (see
+    join_references).
     `faithful` reproduces the release's compute pattern (every row attends over [n ; bank] and the
     plain attention is computed again), kept only to measure what the fast path saves.
     """
 
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: torch.Tensor | None = None
+    references: int = 1
     faithful: bool = False
     stop_after: str | None = None
     # training with correspondence supervision: each reader keeps its reading rows' attention
@@ -52,6 +60,25 @@ class ReferenceBank:
         self.features.clear()
         self.logits.clear()
         self.rows = None
+        self.references = 1
+
+
+def split_references(joined: torch.Tensor, count: int) -> torch.Tensor:
+    """R×(K·T)×C, each row the K references' T tokens side by side → (K·R)×T×C, reference-major
+    (row k·R + r is reference k's tokens of row r): the batch the reference U-Net runs on."""
+    if count == 1:
+        return joined
+    rows, tokens, channels = joined.shape
+    return joined.view(rows, count, tokens // count, channels).transpose(0, 1).reshape(-1, tokens // count, channels)
+
+
+def join_references(split: torch.Tensor, count: int) -> torch.Tensor:
+    """The inverse of split_references: (K·R)×T×C reference-major → R×(K·T)×C, so that row r
+    holds [bank_A ; bank_B ; ...] of row r."""
+    if count == 1:
+        return split
+    batch, tokens, channels = split.shape
+    return split.view(count, batch // count, tokens, channels).transpose(0, 1).reshape(batch // count, -1, channels)
 
 
 def _heads(attn: Attention, tensor: torch.Tensor) -> torch.Tensor:
@@ -80,7 +107,8 @@ class ReferenceWriteProcessor(AttnProcessor2_0):
 
 
 class ReferenceReadProcessor:
-    """Self-attention that also attends over the bank for the rows listed in `bank.rows`."""
+    """Self-attention that also attends over the bank for the rows listed in `bank.rows`
+    (over every reference's bank together when there are several)."""
 
     def __init__(self, bank: ReferenceBank, name: str):
         self.bank = bank
@@ -103,6 +131,7 @@ class ReferenceReadProcessor:
         value = _heads(attn, attn.to_v(hidden_states))
         plain = F.scaled_dot_product_attention(query, key, value)
         if reference is not None:
+            reference = join_references(reference, self.bank.references)
             rows = self.bank.rows
             reference_key = _heads(attn, attn.to_k(reference))
             reference_value = _heads(attn, attn.to_v(reference))

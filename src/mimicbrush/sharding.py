@@ -1,0 +1,42 @@
+"""Resumable work split over processes: what `bench run` and `edit --batch` share.
+
+Each item has one output file. An item whose output exists is done (outputs are written
+atomically, so an existing file is a whole one) and is skipped unless `force`; the rest are split
+between the processes of an `accelerate launch` (one process: all of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+Item = TypeVar("Item")
+
+
+def pending_items(items: Sequence[Item], output_path: Callable[[Item], Path], force: bool = False) -> list[Item]:
+    """The items still to do, in order: those whose output file is missing (all with `force`)."""
+    return [item for item in items if force or not output_path(item).is_file()]
+
+
+def process_share(
+    items: Sequence[Item],
+    output_path: Callable[[Item], Path],
+    state: PartialState,
+    *,
+    force: bool = False,
+    desc: str = "items",
+    progress: bool = True,
+) -> Iterator[Item]:
+    """This process's share of the pending items, under a progress bar.
+
+    Every process lists the pending items before any process writes one, so all of them split
+    the same list.
+    """
+    pending = pending_items(items, output_path, force)
+    state.wait_for_everyone()
+    with state.split_between_processes(pending) as share:
+        yield from tqdm(share, desc=f"{desc} (process {state.process_index})", disable=not progress)
