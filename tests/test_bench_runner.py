@@ -19,6 +19,7 @@ from PIL import Image
 from mimicbrush.benchmark.inner_id import InnerIdOptions, build_inner_id_track
 from mimicbrush.benchmark.report import CSV_FIELDS, SHEET_COLUMNS, THUMBNAIL_SIDE
 from mimicbrush.benchmark.runner import EditSettings, edit_path, run_benchmark
+from mimicbrush.scheduling import release_scheduler
 from mimicbrush.benchmark.scoring import METRIC_KEYS, CaseScorer
 from mimicbrush.benchmark.tracks import load_tracks
 from mimicbrush.cli import main
@@ -37,6 +38,7 @@ class StandInPipeline:
     def __init__(self, size_change: int = 0):
         self.calls = []
         self.size_change = size_change
+        self.scheduler = release_scheduler()  # `bench run --scheduler` swaps it, as on the real pipeline
 
     def __call__(
         self,
@@ -280,8 +282,8 @@ def stand_in_loader(monkeypatch):
     loaded = {}
 
     def load_pipeline(model, device="auto", dtype="auto"):
-        loaded.update(model=model, device=device, dtype=dtype)
-        return StandInPipeline()
+        loaded.update(model=model, device=device, dtype=dtype, pipeline=StandInPipeline())
+        return loaded["pipeline"]
 
     module = types.ModuleType("mimicbrush.loading")
     module.load_pipeline = load_pipeline
@@ -289,11 +291,21 @@ def stand_in_loader(monkeypatch):
     return loaded
 
 
+def test_cli_run_uses_and_pins_the_scheduler(track_root, tmp_path, stand_in_loader):
+    import json
+
+    common = ["--model", "m", "--dino-model", "none", "--clip-model", "none", "--lpips-net", "none", "--limit", "1"]
+    assert main(["bench", "run", str(track_root), "-o", str(tmp_path), "--scheduler", "unipc", *common]) == 0
+    assert type(stand_in_loader["pipeline"].scheduler).__name__ == "UniPCMultistepScheduler"
+    assert json.loads((tmp_path / "run.json").read_text())["scheduler"] == "unipc"
+
+
 def test_cli_run_and_compare(track_root, tmp_path, capsys, stand_in_loader):
     common = ["--model", "some/model", "--dino-model", "none", "--clip-model", "none", "--lpips-net", "none"]
     assert main(["bench", "run", str(track_root), "-o", str(tmp_path / "true"), "--steps", "3", *common]) == 0
     captured = capsys.readouterr()
-    assert stand_in_loader == {"model": "some/model", "device": "auto", "dtype": "auto"}
+    loaded = {key: stand_in_loader[key] for key in ("model", "device", "dtype")}
+    assert loaded == {"model": "some/model", "device": "auto", "dtype": "auto"}
     assert (
         captured.out.startswith("| run | track |") and "| true | PartComp/WithinInstance | true | 3 |" in captured.out
     )
