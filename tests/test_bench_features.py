@@ -19,6 +19,7 @@ from mimicbrush.benchmark.scoring import CaseScorer
 from mimicbrush.benchmark.tracks import load_tracks
 from mimicbrush.cli import main
 from mimicbrush.errors import WeightsError
+from mimicbrush.scheduling import release_scheduler
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DREAMBOOTH = SHARED / "data" / "dreambooth"
@@ -194,10 +195,13 @@ def test_unavailable_models_are_one_line_errors(tmp_path, monkeypatch):
 
 def test_cli_run_reports_network_metrics(tiny_dino, tiny_clip, one_case, tmp_path, capsys, monkeypatch):
     def load_pipeline(model, device="auto", dtype="auto"):
-        def pipeline(*, source_image, mask_image, reference_image, **settings):
-            return types.SimpleNamespace(images=[source_image])
+        class Pipeline:
+            scheduler = release_scheduler()  # `bench run --scheduler` swaps it
 
-        return pipeline
+            def __call__(self, *, source_image, mask_image, reference_image, **settings):
+                return types.SimpleNamespace(images=[source_image])
+
+        return Pipeline()
 
     monkeypatch.setitem(sys.modules, "mimicbrush.loading", types.SimpleNamespace(load_pipeline=load_pipeline))
     track_root = one_case.folder.parent.parent

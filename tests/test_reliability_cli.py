@@ -15,6 +15,7 @@ from PIL import Image
 
 from mimicbrush import imaging, loading
 from mimicbrush.cli import describe_library_error, main
+from mimicbrush.scheduling import release_scheduler
 from mimicbrush.errors import InputError
 
 CUDA_OOM = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
@@ -34,6 +35,7 @@ def failing_pipeline(error: BaseException):
 
     class Pipeline:
         unet = types.SimpleNamespace(dtype=torch.float32)
+        scheduler = release_scheduler()  # `edit --scheduler` swaps it, as on the real pipeline
 
         def __call__(self, **inputs):
             raise error
@@ -95,6 +97,7 @@ def test_a_library_os_error_names_its_root_cause(edit_files, monkeypatch, capsys
 def test_a_disk_that_fills_while_writing_the_output_is_one_line(edit_files, monkeypatch, capsys):
     class Pipeline:
         unet = types.SimpleNamespace(dtype=torch.float32)
+        scheduler = release_scheduler()  # `edit --scheduler` swaps it, as on the real pipeline
 
         def __call__(self, **inputs):
             return types.SimpleNamespace(images=[Image.new("RGB", (16, 16))])
