@@ -84,8 +84,8 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pair = self.sample_pair(index)
         return {
-            "source": _to_unit_range(pair.source),
-            "reference": _to_unit_range(pair.reference),
+            "source": to_unit_range(pair.source),
+            "reference": to_unit_range(pair.reference),
             "mask": torch.from_numpy(pair.mask).float()[None],
             "source_uint8": torch.from_numpy(pair.source),  # S×S×3, for the depth estimator
             # where each source pixel lies in the reference: known exactly for a still (one image
@@ -228,6 +228,6 @@ def _choose(weights: dict[str, float], rng: np.random.Generator) -> str:
     return kinds[rng.choice(len(kinds), p=probabilities / probabilities.sum())]
 
 
-def _to_unit_range(image: np.ndarray) -> torch.Tensor:
+def to_unit_range(image: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 -> 3×H×W float32 in [-1, 1]."""
     return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import imaging
 from ..data import PairDataset
+from ..data.dataset import to_unit_range
 from ..errors import ConfigError
 from .objective import DrawSettings, draw_sample_randomness
 
@@ -58,10 +59,7 @@ def loss_inputs(source: np.ndarray, reference: np.ndarray, mask: np.ndarray, dra
                 clip_size: int, depth_size: int) -> dict[str, torch.Tensor]:
     """One sample for the objective from S×S×3 uint8 images and an S×S {0, 1} mask, with the
     draws of sample `index` (epoch 0)."""
-    def unit(image):
-        return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
-
-    return {"source": unit(source), "reference": unit(reference), "mask": torch.from_numpy(mask).float()[None],
+    return {"source": to_unit_range(source), "reference": to_unit_range(reference), "mask": torch.from_numpy(mask).float()[None],
             **encoder_inputs(source, reference, clip_size, depth_size), **draw_sample_randomness(draws, 0, index)}
 
 
