@@ -211,13 +211,21 @@ def paint_stroke(page, size: tuple[int, int], stroke: list[tuple[int, int]]) -> 
     """Drag the source editor's brush along `stroke` (image pixels), mapped to the screen through
     the editor's zoom (the image is centred on its canvas)."""
     width, height = size
+    # the mouse works in viewport coordinates: a click lower down (Repaint, an example row) may have
+    # scrolled the editor out of view, and a stroke off-screen paints nothing
+    page.locator("#source").scroll_into_view_if_needed()
     zoom = float(page.locator("#source .zoom-number span").inner_text().strip().rstrip("%")) / 100
     canvas = page.locator("#source canvas").first.bounding_box()
     left = canvas["x"] + (canvas["width"] - width * zoom) / 2
     top = canvas["y"] + (canvas["height"] - height * zoom) / 2
-    page.mouse.move(left + stroke[0][0] * zoom, top + stroke[0][1] * zoom)
+    points = [(left + x * zoom, top + y * zoom) for x, y in stroke]
+    viewport = page.viewport_size
+    assert all(0 <= x < viewport["width"] and 0 <= y < viewport["height"] for x, y in points), (
+        f"the stroke {stroke} falls off-screen at {points}"
+    )
+    page.mouse.move(*points[0])
     page.mouse.down()
-    page.mouse.move(left + stroke[1][0] * zoom, top + stroke[1][1] * zoom, steps=10)
+    page.mouse.move(*points[1], steps=10)
     page.mouse.up()
 
 
