@@ -1,11 +1,14 @@
 """The training loop on a tiny from-scratch model: learning, resuming, checkpoints, NaN stop,
 sample edits, export, and the command line."""
 
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mimicbrush.cli import main
 from mimicbrush.errors import ConfigError
@@ -84,6 +87,33 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, images):
     train(load_train_config(config.config_path, ["train.max_steps=3"]), resume="latest")
     assert not leftover.exists()
     assert [path.name for path in store.checkpoints()] == ["step-00000003"]
+
+
+def test_the_run_folders_config_continues_the_run_from_anywhere(tmp_path, images, monkeypatch):
+    """RUN/config.yaml keeps the original's relative paths meaning what they meant (relative_to)
+    and names its run folder, so `mimicbrush train RUN/config.yaml --resume latest` continues it."""
+    (tmp_path / "configs").mkdir()
+    monkeypatch.chdir(tmp_path / "configs")
+    document = tiny_document(Path(os.path.relpath(images)), Path("../runs/relative"), train={"max_steps": 2})
+    original = load_train_config(write_config(tmp_path / "configs" / "relative.yaml", document))
+    train(original)
+    copy_path = original.output_dir / "config.yaml"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    copy = load_train_config(copy_path)
+    assert copy.output_dir == original.output_dir == tmp_path / "runs" / "relative"
+    assert copy.data == original.data and copy.base_dir == tmp_path / "configs"
+    # without relative_to, the copy's data paths would be relative to the run folder
+    bare = yaml.safe_load(copy_path.read_text())
+    del bare["relative_to"]
+    bare_copy = load_train_config(write_config(copy_path.with_name("bare.yaml"), bare))
+    assert bare_copy.data != original.data
+
+    assert main(["train", str(copy_path), "--max-steps", "3", "--resume", "latest"]) == 0
+    state = TrainerState.read(CheckpointStore(original.output_dir / "checkpoints").latest())
+    assert state.step == 3
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path, images, monkeypatch):

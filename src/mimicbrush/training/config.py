@@ -121,6 +121,7 @@ class ExportConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     config_path: Path
+    base_dir: Path  # what relative paths in it are relative to: its folder, or `relative_to`
     seed: int
     output_dir: Path
     model: ModelConfig
@@ -215,8 +216,11 @@ def _list_index(key: str, items: list, where: str) -> int:
 
 def parse_train_config(document: Mapping[str, Any], config_path: Path) -> TrainConfig:
     """Validate a whole (already overridden) document."""
-    base_dir = config_path.resolve().parent
-    root = Section(document, "", base_dir)
+    # `relative_to` moves the base of relative paths: a run folder's copy of its config names the
+    # original's folder there, so the copy can be trained or measured from where it lies
+    root = Section(document, "", config_path.resolve().parent)
+    base_dir = root.path("relative_to", None, optional=True) or root.base_dir
+    root.base_dir = base_dir
     seed = root.integer("seed", 0, minimum=0)
     output_dir = root.path("output_dir", None, optional=True)
     if output_dir is None:
@@ -226,6 +230,7 @@ def parse_train_config(document: Mapping[str, Any], config_path: Path) -> TrainC
         raise ConfigError("data: required (see docs/data.md)")
     config = TrainConfig(
         config_path=config_path.resolve(),
+        base_dir=base_dir,
         seed=seed,
         output_dir=output_dir,
         model=_model(root.child("model")),

@@ -80,6 +80,18 @@ def export_checkpoint(config: TrainConfig, checkpoint: str | None) -> Path:
     return export_pipeline(model.pipeline, config.output_dir / f"model-step-{state.step:08d}", config.export.dtype)
 
 
+def run_copy_of_config(config: TrainConfig) -> str:
+    """The config as this run used it (overrides applied), readable from the run folder: its
+    relative paths keep their meaning through `relative_to`, and `output_dir` is this run's."""
+    document = {
+        "relative_to": str(config.base_dir),
+        **{key: value for key, value in config.document.items() if key != "relative_to"},
+        "output_dir": str(config.output_dir),
+    }
+    text = yaml.safe_dump(document, sort_keys=False)
+    return f"# {config.config_path} with overrides\n{text}"
+
+
 def _check_fingerprint(state: TrainerState, config: TrainConfig, path: Path) -> None:
     if state.model != model_fingerprint(config):
         raise ConfigError(f"{path} was made with a different model: section or train.trainable "
@@ -106,8 +118,7 @@ class Trainer:
         if accelerator.is_main_process:
             self.store.remove_leftovers()
             config.output_dir.mkdir(parents=True, exist_ok=True)
-            document = yaml.safe_dump(dict(config.document), sort_keys=False)
-            write_atomic(config.output_dir / "config.yaml", f"# {config.config_path} with overrides\n{document}")
+            write_atomic(config.output_dir / "config.yaml", run_copy_of_config(config))
 
         # the data first: a wrong folder should fail before minutes of loading weights
         pairs = build_dataset(config.data, seed=config.seed)
