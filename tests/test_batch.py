@@ -1,6 +1,10 @@
 """`mimicbrush edit --batch`: the manifest, resume, bad rows, per-row options, one model load."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +147,32 @@ def test_model_loads_once(model, folder, tmp_path, monkeypatch):
     manifest = write_manifest(folder / "edits.jsonl", GOOD)
     assert run(model, manifest, tmp_path / "out") == 0
     assert loads == [1]
+
+
+def test_two_cpu_processes_split_the_rows(model, folder, tmp_path):
+    """Launched as two processes without a GPU (torchrun, as `accelerate launch` does), each row is
+    edited once, by one of them, as one process edits it; the main process alone prints the
+    summary. (Accelerate left alone treats CPU processes as unrelated: each did every row.)"""
+    rows = GOOD + [{"source": "photos/a.png", "box": "2,2,20,20", "reference": "refs/r2.jpg", "seed": s}
+                   for s in range(3)]
+    manifest = write_manifest(folder / "edits.jsonl", rows)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "mimicbrush", "edit", "--batch", str(manifest), "-o", str(tmp_path / "two"),
+               "--model", str(model), "--steps", "1", "--seed", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "error:" not in launched.stderr
+    assert launched.stderr.count("batch: 5 written") == 1
+    written = sorted(line for line in launched.stdout.split() if line.endswith(".png"))
+    assert len(written) == len(set(written)) == 5  # each row once
+
+    assert run(model, manifest, tmp_path / "one") == 0
+    for path in (tmp_path / "one").iterdir():
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / "two" / path.name)))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -11,10 +11,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
 Item = TypeVar("Item")
+
+
+def launch_state(device: str = "auto") -> PartialState:
+    """The processes of this launch (`accelerate launch`, `torchrun`; one when run plainly).
+
+    Accelerate joins processes without a GPU only when told they are CPU processes: otherwise
+    each of them believes it is alone and does every item.
+    """
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
 
 
 def pending_items(items: Sequence[Item], output_path: Callable[[Item], Path], force: bool = False) -> list[Item]:

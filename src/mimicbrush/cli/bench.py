@@ -117,7 +117,7 @@ def _build_inner_id(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+    from ..sharding import launch_state
 
     from ..benchmark.report import markdown_table
     from ..benchmark.runner import EditSettings, run_benchmark
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         zoom=args.zoom,
         dtype=args.dtype,
     )
-    state = PartialState()
+    state = launch_state(args.device)
     # Under `accelerate launch`, each process takes its own GPU.
     device = str(state.device) if args.device == "auto" and state.num_processes > 1 else args.device
     scorer = None

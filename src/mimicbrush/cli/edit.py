@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     """`edit --batch MANIFEST -o OUT_DIR`: every row, one model load; exit 2 if any row failed."""
-    from accelerate import PartialState
+    from ..sharding import launch_state
 
     from ..batch import read_manifest, run_batch as run_rows
     from ..loading import load_pipeline
@@ -186,7 +186,7 @@ def run_batch(args: argparse.Namespace) -> int:
             checked.append(row)
         except InputError as error:
             failed[row.line] = str(error)
-    state = PartialState()
+    state = launch_state(args.device)
     if state.is_main_process:
         for line, message in sorted(failed.items()):
             print(f"error: line {line}: {message}", file=sys.stderr)
