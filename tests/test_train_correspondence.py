@@ -86,3 +86,31 @@ def test_readers_record_the_logits_the_joint_attention_uses(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pipe.reference_unet.parameters())
     bank.clear()
     assert not bank.logits
+
+
+def test_training_logs_the_attention_accuracy(tmp_path):
+    """With correspondence supervision on, each logging window's attention accuracy reaches
+    TensorBoard as train/attention_accuracy (a fraction); without it the tag is absent."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mimicbrush.training import load_train_config, train
+    from test_train_support import tiny_document, write_config, write_images
+
+    images = write_images(tmp_path / "images")
+    tags = {}
+    for weight in (0.1, 0.0):
+        document = tiny_document(images, tmp_path / f"run-{weight}", train={"max_steps": 2, "correspondence_weight": weight})
+        config = load_train_config(write_config(tmp_path / f"run-{weight}.yaml", document))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train(config)
+        finally:
+            torch.set_num_threads(threads)
+        events = EventAccumulator(str(next((config.output_dir / "logs").rglob("events.out.tfevents.*")).parent))
+        events.Reload()
+        tags[weight] = events
+    accuracy = [event.value for event in tags[0.1].Scalars("train/attention_accuracy")]
+    assert len(accuracy) == 2 and all(0.0 <= value <= 1.0 for value in accuracy)
+    assert "train/attention_accuracy" not in tags[0.0].Tags()["scalars"]
+    assert "train/loss" in tags[0.0].Tags()["scalars"]

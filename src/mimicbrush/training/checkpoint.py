@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `step-NNNNNNNN` holding accelerate's `save_state` files (trainable
 weights, optimizer, LR scheduler, gradient scaler, RNG states per process) and
-`trainer_state.json` (step, data position, the model section it was made with). It is written
+`trainer_state.json` (step, data position, the model section it was made with), and the weight
+average `ema.safetensors` where the run keeps one. It is written
 as `.tmp-step-NNNNNNNN` and renamed when complete, and removed by renaming it to `.trash-...`
 first, so a kill at any moment never leaves a `step-*` folder that is incomplete; leftovers of a
 killed save are ignored and cleaned up.
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,10 @@ class CheckpointStore:
                 if path.name.startswith(_LEFTOVER_PREFIXES):
                     shutil.rmtree(path, ignore_errors=True)
 
-    def save(self, accelerator, state: TrainerState, keep_last: int | None) -> Path:
-        """Collective: every process calls it (accelerate writes per-process RNG files)."""
+    def save(self, accelerator, state: TrainerState, keep_last: int | None,
+             write_extra: Callable[[Path], None] | None = None) -> Path:
+        """Collective: every process calls it (accelerate writes per-process RNG files).
+        `write_extra(folder)` adds the main process's own files to the checkpoint."""
         final = self.root / f"step-{state.step:08d}"
         staging = self.root / f".tmp-{final.name}"
         if accelerator.is_main_process:
@@ -92,6 +96,8 @@ class CheckpointStore:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if write_extra is not None:
+                write_extra(staging)
             (staging / STATE_FILE).write_text(state.to_json())
             _sync_tree(staging)
             if final.exists():  # re-saving a step after resuming from an earlier one

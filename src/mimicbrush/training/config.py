@@ -67,6 +67,7 @@ class TrainSettings:
     allow_tf32: bool = True
     mask_loss_weight: float = 1.0  # weight of the masked region's error in the loss (1: plain MSE)
     correspondence_weight: float = 0.0  # correspondence supervision of the reference attention (0: off)
+    ema_decay: float = 0.0  # moving average of the weights, measured and exported instead of them (0: off)
 
 
 @dataclass(frozen=True)
@@ -305,8 +306,11 @@ def _train(section: Section) -> TrainSettings:
         mask_loss_weight=section.number("mask_loss_weight", defaults.mask_loss_weight, minimum=0.0,
                                         exclusive_minimum=True),
         correspondence_weight=section.number("correspondence_weight", defaults.correspondence_weight, minimum=0.0),
+        ema_decay=section.number("ema_decay", defaults.ema_decay, minimum=0.0, maximum=1.0),
     )
     section.finish()
+    if config.ema_decay == 1.0:
+        raise ConfigError("train.ema_decay: must be below 1 (1 would never move from the initial weights; 0 is off)")
     if not trainable:
         raise ConfigError("train.trainable: at least one component must train")
     return config

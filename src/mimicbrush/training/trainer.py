@@ -3,6 +3,7 @@ atomic checkpoints, TensorBoard logs, sample edits, and an export at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -23,6 +24,7 @@ from ..errors import ConfigError, MimicBrushError
 from ..fileio import write_atomic
 from ..pipeline import MimicBrushPipeline
 from .batches import DataFeed, DataPosition, TrainingSamples
+from .averaging import EMA_FILE, WeightAverage, load_average_into
 from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weights, use_unwrapped_weights
 from .components import COMPONENT_ROLES, build_components
 from .config import OptimConfig, TrainConfig
@@ -77,6 +79,8 @@ def export_checkpoint(config: TrainConfig, checkpoint: str | None) -> Path:
     _check_fingerprint(state, config, path)
     model = build_training_model(config)
     load_weights(model.objective, path / WEIGHTS_FILE)
+    if config.train.ema_decay and (path / EMA_FILE).is_file():  # the run's own exports are the average too
+        load_average_into(model.objective, path / EMA_FILE)
     return export_pipeline(model.pipeline, config.output_dir / f"model-step-{state.step:08d}", config.export.dtype)
 
 
@@ -150,6 +154,13 @@ class Trainer:
             if state.num_processes * state.batch_size != accelerator.num_processes * config.train.batch_size:
                 self._say("note: the global micro-batch changed since that checkpoint; the data continue from "
                           "the same sample, but steps now hold a different number of samples")
+        self.average = None
+        if config.train.ema_decay:  # made after loading, so that a new average starts from the weights resumed
+            self.average = WeightAverage(self.objective, config.train.ema_decay)
+            if resume_from is not None and (resume_from / EMA_FILE).is_file():
+                self.average.load(resume_from)
+            elif resume_from is not None:
+                self._say(f"note: {resume_from} has no {EMA_FILE}; the weight average starts from its weights")
         self.feed = DataFeed(self._training_samples(pairs), config.seed, config.train.batch_size,
                              accelerator.num_processes, accelerator.process_index, config.train.num_workers,
                              pin_memory=accelerator.device.type == "cuda", position=position)
@@ -247,9 +258,12 @@ class Trainer:
                 final = self.step == max_steps
                 if self.step % config.logging.every_steps == 0 or final:
                     elapsed = time.perf_counter() - window_start
-                    accelerator.log({"train/loss": float(np.mean(window_losses)), "train/lr": lr,
-                                     "train/samples_per_second": len(window_losses) * samples_per_step / elapsed,
-                                     "train/epoch": self.feed.position.epoch}, step=self.step)
+                    values = {"train/loss": float(np.mean(window_losses)), "train/lr": lr,
+                              "train/samples_per_second": len(window_losses) * samples_per_step / elapsed,
+                              "train/epoch": self.feed.position.epoch}
+                    if window_accuracies:  # correspondence supervision: where the reference attention looks
+                        values["train/attention_accuracy"] = float(np.mean(window_accuracies))
+                    accelerator.log(values, step=self.step)
                     window_losses, window_accuracies, window_start = [], [], time.perf_counter()
                 if self.step % config.checkpoint.every_steps == 0 or final:
                     self._save_checkpoint(progress)
@@ -263,7 +277,8 @@ class Trainer:
             self.objective.bank.clear()
         target = config.output_dir / "model"
         if accelerator.is_main_process:
-            export_pipeline(self.pipeline, target, config.export.dtype)
+            with self._evaluated_weights():
+                export_pipeline(self.pipeline, target, config.export.dtype)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return target
@@ -288,6 +303,8 @@ class Trainer:
             losses.append(mean_loss)
         if not accelerator.optimizer_step_was_skipped:  # fp16 skips steps with overflowing gradients
             self.lr_scheduler.step()
+            if self.average is not None:
+                self.average.update()
         return float(np.mean(losses))
 
     def _diverged(self, value: float, micro_step: int) -> None:
@@ -306,7 +323,8 @@ class Trainer:
             num_processes=self.accelerator.num_processes, batch_size=train.batch_size,
             gradient_accumulation_steps=train.gradient_accumulation_steps, model=model_fingerprint(self.config),
         )
-        path = self.store.save(self.accelerator, state, self.config.checkpoint.keep_last)
+        path = self.store.save(self.accelerator, state, self.config.checkpoint.keep_last,
+                               write_extra=None if self.average is None else self.average.save)
         if self.accelerator.is_main_process:
             progress.write(f"checkpoint {path}", file=sys.stderr)
 
@@ -315,7 +333,8 @@ class Trainer:
         appended to `<output_dir>/imitation.json`."""
         accelerator = self.accelerator
         if accelerator.is_main_process:
-            results = self.imitation_probe.measure(self.objective, accelerator.device)
+            with self._evaluated_weights():
+                results = self.imitation_probe.measure(self.objective, accelerator.device)
             accelerator.log(flatten_for_log(results), step=self.step)
             path = self.config.output_dir / "imitation.json"
             history = json.loads(path.read_text()) if path.is_file() else []
@@ -325,6 +344,10 @@ class Trainer:
             summary = ", ".join(f"{t}: gain {v['gain']:+.1%} win {v['win']:.0%}" for t, v in results.items())
             progress.write(f"imitation at step {self.step}: {summary}", file=sys.stderr)
         accelerator.wait_for_everyone()
+
+    def _evaluated_weights(self):
+        """The weights that are measured and exported: the moving average where there is one."""
+        return contextlib.nullcontext() if self.average is None else self.average.swapped_in()
 
     def _samples_per_step(self) -> int:
         train = self.config.train
@@ -339,7 +362,8 @@ class Trainer:
             for module in modules:
                 module.eval()
             try:
-                grid = render_validation_grid(pipeline, self.validation_cases, self.config.validation)
+                with self._evaluated_weights():
+                    grid = render_validation_grid(pipeline, self.validation_cases, self.config.validation)
             finally:
                 for module, mode in zip(modules, modes, strict=True):
                     module.train(mode)
