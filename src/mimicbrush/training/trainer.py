@@ -23,8 +23,8 @@ from ..data import build_dataset
 from ..errors import ConfigError, MimicBrushError
 from ..fileio import write_atomic
 from ..pipeline import MimicBrushPipeline
-from .batches import DataFeed, DataPosition, TrainingSamples
 from .averaging import EMA_FILE, WeightAverage, load_average_into
+from .batches import DataFeed, DataPosition, TrainingSamples
 from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weights, use_unwrapped_weights
 from .components import COMPONENT_ROLES, build_components
 from .config import OptimConfig, TrainConfig
