@@ -21,8 +21,10 @@ FAST_LINEAR_OPTIM = {"lr": 0.05, "eps": 1.0}
 
 
 def environment() -> dict[str, str]:
-    # accelerate picks the CPU (gloo) backend under torchrun only when told to
-    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    # no ACCELERATE_USE_CPU: the trainer tells accelerate that GPU-less processes are CPU ones
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment.pop("ACCELERATE_USE_CPU", None)
+    return environment
 
 
 @pytest.fixture

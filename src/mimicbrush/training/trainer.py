@@ -381,17 +381,20 @@ def make_accelerator(config: TrainConfig):
 
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("training logs need tensorboard: pip install tensorboard (or mimicbrush[train])")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
+        # processes without a GPU join (over gloo) only when accelerate is told they are CPU ones;
+        # one process keeps accelerate's own choice (CUDA, MPS or the CPU)
+        cpu=launched > 1 and not torch.cuda.is_available(),
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
         mixed_precision=config.train.mixed_precision,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(config.output_dir),
                                             logging_dir=str(config.output_dir / "logs")),
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:  # else every process would train alone, into one folder
         raise ConfigError(f"launched as {launched} processes, but accelerate runs {accelerator.num_processes}: "
-                          "on CPU set ACCELERATE_USE_CPU=1 for torchrun (see docs/training.md)")
+                          "see docs/training.md for how to launch several processes")
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
         torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
