@@ -1,7 +1,7 @@
 """Plot the trainer's imitation metric (samples seen → gain and win per timestep) of one or more
 runs, from their `imitation.json` (docs/training.md, `imitation:`).
 
-    python benchmarks/imitation_curve.py runs/demo-model [runs/other ...] -o curve.png
+    python benchmarks/imitation_curve.py runs/demo-model [runs/other ...] -o curve.png [--until-step N]
 
 Several runs are drawn in one figure, labelled by folder name (or `--labels`); a run continued
 from another's checkpoint carries the earlier entries with it. Also prints the table as JSON.
@@ -54,11 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (or imitation.json files)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the plot (PNG)")
     parser.add_argument("--labels", nargs="+", help="one label per run (default: folder names)")
+    parser.add_argument("--until-step", type=int, metavar="N",
+                        help="only the entries up to step N (to compare a longer run with shorter ones)")
     args = parser.parse_args(argv)
     labels = args.labels or [run.name if run.is_dir() else run.parent.name for run in args.runs]
     if len(labels) != len(args.runs):
         raise SystemExit("error: give one label per run")
-    histories = {label: read_history(run) for label, run in zip(labels, args.runs, strict=True)}
+    histories = {label: [entry for entry in read_history(run) if args.until_step is None or entry["step"] <= args.until_step]
+                 for label, run in zip(labels, args.runs, strict=True)}
     plot(histories, args.output)
     json.dump(histories, sys.stdout, indent=1)
     print()

@@ -90,6 +90,7 @@ class MimicBrushPipeline(DiffusionPipeline):
         self.model_prediction_type = scheduler.config.prediction_type
         # model outputs that are the same for every edit, cached per (weights, device, dtype)
         self._constant_outputs: dict[tuple, object] = {}
+        self._checked_scheduler = None  # the scheduler check_inputs last found able to sample the model
 
     # -----------------------------------------------------------------------------------------
     # Loading
@@ -232,7 +233,9 @@ class MimicBrushPipeline(DiffusionPipeline):
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
             raise InputError(f"resolution must be a positive multiple of {multiple}, got {resolution!r}")
-        samplers.check_prediction_type(self.scheduler, self.model_prediction_type)
+        if self.scheduler is not self._checked_scheduler:  # the check steps a copy: once per scheduler
+            samplers.check_prediction_type(self.scheduler, self.model_prediction_type)
+            self._checked_scheduler = self.scheduler
 
     def prepare_inputs(self, source_image, mask_image, reference_image, resolution: int) -> EditInputs:
         """Load and validate the images, pad to squares and build each model's input arrays."""

@@ -28,6 +28,12 @@ def launch_state(device: str = "auto") -> PartialState:
     return PartialState(cpu=cpu)
 
 
+def process_device(state: PartialState, device: str) -> str:
+    """The device a process edits on: its own (one GPU each) when several run and `device` is
+    auto, else `device`."""
+    return str(state.device) if device == "auto" and state.num_processes > 1 else device
+
+
 def pending_items(items: Sequence[Item], output_path: Callable[[Item], Path], force: bool = False) -> list[Item]:
     """The items still to do, in order: those whose output file is missing (all with `force`)."""
     return [item for item in items if force or not output_path(item).is_file()]

@@ -117,13 +117,12 @@ def _build_inner_id(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..sharding import launch_state
-
     from ..benchmark.report import markdown_table
     from ..benchmark.runner import EditSettings, run_benchmark
     from ..benchmark.scoring import CaseScorer
     from ..benchmark.tracks import load_tracks
     from ..loading import load_pipeline
+    from ..sharding import launch_state, process_device
 
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
@@ -139,8 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     state = launch_state(args.device)
-    # Under `accelerate launch`, each process takes its own GPU.
-    device = str(state.device) if args.device == "auto" and state.num_processes > 1 else args.device
+    device = process_device(state, args.device)
     scorer = None
     if state.is_main_process:  # load the metric networks first: fail before hours of edits
         scorer = CaseScorer.load(

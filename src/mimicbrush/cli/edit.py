@@ -162,10 +162,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     """`edit --batch MANIFEST -o OUT_DIR`: every row, one model load; exit 2 if any row failed."""
-    from ..sharding import launch_state
-
     from ..batch import read_manifest, run_batch as run_rows
     from ..loading import load_pipeline
+    from ..sharding import launch_state, process_device
 
     if args.source is not None or args.mask is not None:
         raise InputError("with --batch, SOURCE and --mask come from the manifest's rows, not the command line")
@@ -192,9 +191,7 @@ def run_batch(args: argparse.Namespace) -> int:
             print(f"error: line {line}: {message}", file=sys.stderr)
         if args.model is None:
             print("model: the bundled demo model (pass --model for another)", file=sys.stderr)
-    # under `accelerate launch`, each process takes its own GPU
-    device = str(state.device) if args.device == "auto" and state.num_processes > 1 else args.device
-    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, offload=args.offload, compiled=args.compile)
+    pipe = load_pipeline(args.model, device=process_device(state, args.device), dtype=args.dtype, offload=args.offload, compiled=args.compile)
     samplers.use_sampler(pipe, args.scheduler)  # the command line's for every row
     pipe.set_progress_bar_config(disable=True)  # one bar over the rows
 
