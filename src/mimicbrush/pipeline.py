@@ -54,6 +54,12 @@ class MimicBrushPipeline(DiffusionPipeline):
     diffusers scheduler that supports the model's prediction type, set the diffusers way
     (`pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)`; samplers.py
     names the tested ones).
+
+    `reference_timestep` is the model's kind, saved in its config: None (the release's) runs the
+    reference U-Net at every step's timestep, so the bank is computed once per U-Net call; an
+    integer (0 for a model trained as AnimateAnyone's ReferenceNet) is the one timestep the
+    reference U-Net was trained at, so the bank is the same at every step and is computed once per
+    edit.
     """
 
     model_cpu_offload_seq = "image_encoder->image_proj->depth_estimator->depth_guider->vae->reference_unet->unet"
@@ -69,8 +75,10 @@ class MimicBrushPipeline(DiffusionPipeline):
         depth_guider: DepthGuider,
         scheduler: SchedulerMixin,
         depth_input_size: int = 518,
+        reference_timestep: int | None = None,
     ):
         super().__init__()
+        check_reference_timestep(reference_timestep, scheduler.config.num_train_timesteps)
         self.register_modules(
             unet=unet,
             reference_unet=reference_unet,
@@ -81,7 +89,7 @@ class MimicBrushPipeline(DiffusionPipeline):
             depth_guider=depth_guider,
             scheduler=scheduler,
         )
-        self.register_to_config(depth_input_size=depth_input_size)
+        self.register_to_config(depth_input_size=depth_input_size, reference_timestep=reference_timestep)
         self.bank = ReferenceBank()
         attach_reference_attention(reference_unet, unet, self.bank)
         self.reference_unet_runs_to_end = False  # set when the U-Nets are compiled
@@ -185,8 +193,9 @@ class MimicBrushPipeline(DiffusionPipeline):
         restricts what the reference offers; see editing.py. The output then also lists the
         regions edited.
         The scheduler is `self.scheduler`; `num_inference_steps` counts its steps (a second-order
-        one calls the U-Nets twice per step but the first) and `callback_on_step_end` runs after
-        every U-Net call.
+        one calls the imitative U-Net twice per step but the first) and `callback_on_step_end` runs
+        after every U-Net call. The reference U-Net runs with it, or once per edit (per region with
+        zoom) for a model with a fixed `reference_timestep`, faithful or not.
         """
         resolution = resolution or self.resolution
         self.check_inputs(num_inference_steps, guidance_scale, resolution)
@@ -386,11 +395,13 @@ class MimicBrushPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The sampling loop, one pass per timestep (a second-order scheduler lists most twice).
-        Each pass: reference U-Net fills the bank → imitative U-Net reads it for the conditional
-        row → guidance → scheduler step."""
+        Each pass: the imitative U-Net reads the reference bank for the conditional row →
+        guidance → scheduler step. The reference U-Net fills the bank before every pass, or once
+        before the loop for a model with a fixed `reference_timestep`."""
         mask = torch.nn.functional.interpolate(self._tensor(model_mask), size=latents.shape[-2:], mode="nearest")
         condition = torch.cat([mask, masked_latents, depth_feature], dim=1).repeat(len(rows), 1, 1, 1)
         use_reference = reference_latents is not None
+        fixed_timestep = self.config.reference_timestep
         if use_reference:
             # fast path: the reference U-Net runs for the rows that read it; the release ran it
             # for every row and attended over the bank in every row
@@ -399,18 +410,27 @@ class MimicBrushPipeline(DiffusionPipeline):
             # one batch for every (reference, row), reference-major, each with its own tokens
             reference_input = reference_latents.repeat_interleave(len(reference_rows), dim=0)
             reference_embeds = split_references(embeds[reference_rows], reference_count)
-        step_kwargs = self.scheduler_step_kwargs(generator)
-        try:
-            for step, timestep in enumerate(self.progress_bar(timesteps)):
-                # a fresh bank for every U-Net call: a second-order scheduler's two calls in one
-                # step are at different timesteps, and the reference features depend on it
+
+            def fill_bank(timestep) -> None:
                 self.bank.clear()
-                if use_reference:
-                    run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
-                                       self.bank, run_to_end=faithful or self.reference_unet_runs_to_end)
-                    self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
-                    self.bank.references = reference_count
-                    self.bank.faithful = faithful
+                run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
+                                   self.bank, run_to_end=faithful or self.reference_unet_runs_to_end)
+                self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
+                self.bank.references = reference_count
+                self.bank.faithful = faithful
+
+        step_kwargs = self.scheduler_step_kwargs(generator)
+        self.bank.clear()
+        try:
+            if use_reference and fixed_timestep is not None:
+                # the reference U-Net never sees the step's timestep: its features are the same
+                # for every U-Net call of this edit, whatever the scheduler
+                fill_bank(fixed_timestep)
+            for step, timestep in enumerate(self.progress_bar(timesteps)):
+                if use_reference and fixed_timestep is None:
+                    # a fresh bank for every U-Net call: a second-order scheduler's two calls in
+                    # one step are at different timesteps, and the reference features depend on it
+                    fill_bank(timestep)
                 # only the noisy latent is scaled (sigma schedulers); the condition channels are
                 # clean inputs (DDIM's scaling is the identity: the release's numbers are kept)
                 latent_input = self.scheduler.scale_model_input(latents, timestep)
@@ -448,3 +468,13 @@ class MimicBrushPipeline(DiffusionPipeline):
         padding = imaging.SquarePadding(width, height)
         square = PIL.Image.fromarray((depth * 255).astype(np.uint8)).resize((padding.side, padding.side), PIL.Image.BILINEAR)
         return PIL.Image.fromarray(padding.crop(np.asarray(square)))
+
+
+def check_reference_timestep(reference_timestep: int | None, num_train_timesteps: int) -> None:
+    """None (the bank at every step's timestep) or one of the scheduler's training timesteps."""
+    if reference_timestep is None:
+        return
+    if isinstance(reference_timestep, bool) or not isinstance(reference_timestep, int) \
+            or not 0 <= reference_timestep < num_train_timesteps:
+        raise ValueError(f"reference_timestep must be None or an integer in [0, {num_train_timesteps}), "
+                         f"got {reference_timestep!r}")

@@ -175,6 +175,16 @@ def build_components(model_config, resolution: int, seed: int) -> dict[str, Any]
     # the release's sampler; a fine-tuned model keeps what its U-Net predicts unless told otherwise
     inherited = components.pop("prediction_type", "epsilon")
     components["scheduler"] = release_scheduler(model_config.prediction_type or inherited)
+    # the reference U-Net's timestep likewise: a fine-tuned model keeps its kind unless told otherwise
+    inherited_timestep = components.pop("reference_timestep", None)
+    if model_config.reference_timestep is not None:
+        limit = components["scheduler"].config.num_train_timesteps
+        if model_config.reference_timestep >= limit:
+            raise ConfigError(f"model.reference_timestep: {model_config.reference_timestep} is outside the "
+                              f"scheduler's timesteps [0, {limit})")
+        components["reference_timestep"] = model_config.reference_timestep
+    else:
+        components["reference_timestep"] = inherited_timestep
     _fit_to_resolution(components, resolution)
     check_compatible(components, resolution)
     return components
@@ -187,6 +197,7 @@ def _from_mimicbrush(pretrained: str) -> dict[str, Any]:
     components = {role: getattr(pipe, role) for role in COMPONENT_ROLES}
     components["depth_input_size"] = pipe.config.depth_input_size
     components["prediction_type"] = pipe.scheduler.config.prediction_type
+    components["reference_timestep"] = pipe.config.reference_timestep
     return components
 
 

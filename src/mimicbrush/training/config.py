@@ -49,6 +49,9 @@ class ModelConfig:
     depth_input_size: int | None = None  # None: the pretrained model's, else 518
     # what the imitative U-Net predicts; None: the pretrained model's scheduler's, else "epsilon"
     prediction_type: str | None = None
+    # the timestep the reference U-Net always runs at (0: once per edit at inference); None: the
+    # pretrained model's kind, else the release's (at each sample's noisy timestep)
+    reference_timestep: int | None = None
     components: Mapping[str, ComponentSpec] = field(default_factory=dict)
 
 
@@ -254,6 +257,7 @@ def _model(section: Section) -> ModelConfig:
     pretrained = section.source("pretrained")
     depth_input_size = section.integer("depth_input_size", None, minimum=14, optional=True)
     prediction_type = section.choice("prediction_type", None, PREDICTION_TYPES, optional=True)
+    reference_timestep = section.integer("reference_timestep", None, minimum=0, optional=True)
     components = {}
     for role in COMPONENT_ROLES:
         entry = section.child(role)
@@ -269,7 +273,7 @@ def _model(section: Section) -> ModelConfig:
                 raise ConfigError(f"model.{role}: required (give `pretrained` or `config`), "
                                   "or set model.pretrained to fine-tune a MimicBrush model")
     return ModelConfig(pretrained=pretrained, depth_input_size=depth_input_size, prediction_type=prediction_type,
-                       components=components)
+                       reference_timestep=reference_timestep, components=components)
 
 
 def _component(section: Section, role: str) -> ComponentSpec:

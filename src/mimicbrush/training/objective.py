@@ -7,7 +7,8 @@ not depend on the batch size, the process count or a resume):
   from [noisy latent 4, mask 1, masked-image latent 4, depth feature 4], exactly the 13 channels
   `MimicBrushPipeline.denoise` assembles;
 - the masked-image latent encodes the collage (the source with the masked region black, -1);
-- the reference U-Net runs on the clean reference latent at the same t and fills the bank; a
+- the reference U-Net runs on the clean reference latent at the same t (or, for a model with a
+  fixed `reference_timestep`, at that timestep whatever t is) and fills the bank; a
   sample that keeps its reference reads it (it is in `bank.rows`); a dropped one (a share
   `reference_drop`) gets the unconditional image embedding (the encoder on all-zero pixels) and
   plain self-attention, as the guidance row at inference;
@@ -84,6 +85,9 @@ class MimicBrushObjective(nn.Module):
         self.parts: Mapping[str, nn.Module] = {role: getattr(pipeline, role) for role in COMPONENT_ROLES}
         self.trainable = nn.ModuleDict({role: self.parts[role] for role in trainable})
         self.bank = pipeline.bank
+        # the model's kind (MimicBrushPipeline's config): None runs the reference U-Net at the
+        # noisy sample's timestep, an integer at that one timestep for every sample
+        self.reference_timestep = pipeline.config.reference_timestep
         self.noise_scheduler = pipeline.scheduler.__class__.from_config(pipeline.scheduler.config)
         self.resolution = pipeline.resolution
 
@@ -143,7 +147,8 @@ class MimicBrushObjective(nn.Module):
             depth_map = estimate_depth(parts["depth_estimator"], depth_pixels.to(parts["depth_estimator"].dtype))
         depth_feature = parts["depth_guider"](depth_map.to(parts["depth_guider"].dtype), self.resolution)
 
-        participation = self._fill_bank(reference_latents, timesteps, embeds, keep_reference)
+        participation = self._fill_bank(reference_latents, self.reference_timesteps(timesteps), embeds,
+                                        keep_reference)
         model_input = torch.cat([noisy_latents, latent_mask, masked_latents, depth_feature.float()], dim=1)
         prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
         return Prediction(prediction, latents, noisy_latents, noise, timesteps, latent_mask, participation)
@@ -172,6 +177,12 @@ class MimicBrushObjective(nn.Module):
         if kind == "sample":
             return latents
         raise ValueError(f"unsupported prediction_type {kind!r}")
+
+    def reference_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The timesteps the reference U-Net runs at for samples noised at `timesteps`."""
+        if self.reference_timestep is None:
+            return timesteps
+        return torch.full_like(timesteps, self.reference_timestep)
 
     def _fill_bank(self, reference_latents, timesteps, embeds, keep_reference) -> torch.Tensor:
         """Run the reference U-Net for the samples that keep their reference; returns a zero term
