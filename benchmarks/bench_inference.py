@@ -9,6 +9,14 @@ each mode over `faithful`, as JSON on stdout (and in -o FILE).
     python benchmarks/bench_inference.py --device cuda --dtype fp16           # the GPU figures
     python benchmarks/bench_inference.py --small --steps 5 --modes faithful,fast   # CPU
 
+The model's kind: mode `fast-t0` is `fast` on the same weights as the other kind of model, whose
+reference U-Net runs at timestep 0 and so once per edit (`reference_timestep` 0; the release's
+kind runs it at every step). Timed interleaved with `fast`; `speedup_of_t0_vs_per_step` is the
+ratio of the two in this run. `--model-config` times a training config's architecture, freshly
+initialised, instead of the SD-1.5 sizes (configs/demo-model.yaml: the bundled model's size):
+
+    python benchmarks/bench_inference.py --model-config configs/demo-model.yaml --steps 20 --modes fast,fast-t0
+
 `--references 1,2,4` instead measures the default path with that many references (the same one,
 repeated: cost does not depend on the pixels): time interleaved repeat by repeat in this process,
 memory in a fresh process per count (CPU: a process's peak RSS only grows, so one process cannot
@@ -113,6 +121,34 @@ def random_pipeline(size: dict, device: torch.device, dtype: torch.dtype) -> Mim
     return pipe
 
 
+def configured_pipeline(config_path: str, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
+    """The architecture of a training config's `model:` section at its data resolution, with the
+    trainer's own seeded initialisation (what a run starts from)."""
+    from mimicbrush.training import load_train_config
+    from mimicbrush.training.components import build_components as build_configured_components
+
+    config = load_train_config(config_path)
+    components = build_configured_components(config.model, config.data.resolution, config.seed)
+    pipe = MimicBrushPipeline(**components)
+    pipe.to(device, dtype)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextmanager
+def model_kind(pipe, reference_timestep: int | None):
+    """Time `pipe` as a model of the given kind (the weights do not change the cost)."""
+    saved = pipe.config.reference_timestep
+    pipe.register_to_config(reference_timestep=reference_timestep)
+    try:
+        yield
+    finally:
+        pipe.register_to_config(reference_timestep=saved)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -199,6 +235,7 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
         command = [sys.executable, __file__, "--device", str(device), "--steps", str(args.steps),
                    "--resolutions", str(resolution), "--memory-of-references", str(count)]
         command += ["--small"] if args.small else []
+        command += ["--model-config", args.model_config] if args.model_config else []
         command += ["--dtype", args.dtype] if args.dtype else []
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         memory[count] = json.loads(result.stdout)
@@ -219,27 +256,34 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
     return results
 
 
-def measure(pipe, device, resolution: int, steps: int, repeats: int, variants: dict[str, bool]) -> dict:
-    """Time each variant (name → faithful flag) on the same pipeline, interleaved repeat by
-    repeat so that drift in the machine's load hits every variant alike."""
-    for faithful in variants.values():
-        time_edit(pipe, device, resolution, steps, faithful)  # warm-up: kernels, allocator, compilation
+def measure(pipe, device, resolution: int, steps: int, repeats: int,
+            variants: dict[str, tuple[bool, int | None]]) -> dict:
+    """Time each variant (name → faithful flag, reference timestep of the model's kind) on the
+    same pipeline, interleaved repeat by repeat so that drift in the machine's load hits every
+    variant alike."""
+    def timed(variant, steps):
+        faithful, reference_timestep = variant
+        with model_kind(pipe, reference_timestep):
+            return time_edit(pipe, device, resolution, steps, faithful)
+
+    for variant in variants.values():
+        timed(variant, steps)  # warm-up: kernels, allocator, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = {name: [] for name in variants}
     one_step = {name: [] for name in variants}
     for _ in range(repeats):
-        for name, faithful in variants.items():
-            seconds[name].append(time_edit(pipe, device, resolution, steps, faithful))
+        for name, variant in variants.items():
+            seconds[name].append(timed(variant, steps))
             # the fixed cost (encoders, VAE) from a one-step edit, to separate the per-step cost
-            one_step[name].append(time_edit(pipe, device, resolution, 1, faithful))
+            one_step[name].append(timed(variant, 1))
     results = {}
-    for name, faithful in variants.items():
+    for name, variant in variants.items():
         median, fixed = statistics.median(seconds[name]), statistics.median(one_step[name])
         per_step = (median - fixed) / max(steps - 1, 1)
         components: dict[str, float] = {}
         with component_timer(pipe, device, components):
-            time_edit(pipe, device, resolution, steps, faithful)
+            timed(variant, steps)
         results[name] = {
             "median_s_per_edit": round(median, 4),
             "min_s_per_edit": round(min(seconds[name]), 4),
@@ -262,9 +306,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default fp16 on CUDA")
     parser.add_argument("--small", action="store_true", help="narrow model (CPU-sized), resolution 256")
+    parser.add_argument("--model-config", help="a training config whose model: section (freshly initialised, at "
+                        "its data resolution) is timed instead, e.g. configs/demo-model.yaml")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", default="faithful,fast,compile,offload-model,offload-sequential")
+    parser.add_argument("--modes", default="faithful,fast,compile,offload-model,offload-sequential",
+                        help="also fast-t0: fast, as the kind of model whose reference U-Net runs once per edit")
     parser.add_argument("--resolutions", default=None, help="comma list, e.g. 512,768 (default: the model's)")
     parser.add_argument("--sequential-steps", type=int, default=3, help="steps for offload-sequential (slow)")
     parser.add_argument("--references", help="comma list of reference counts, e.g. 1,2,4: time and memory "
@@ -279,13 +326,16 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     size = SIZES["small" if args.small else "full"]
-    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [size["resolution"]]
     modes = args.modes.split(",")
     if device.type != "cuda":
         modes = [mode for mode in modes if not mode.startswith("offload")]
 
     diffusers_logging.set_verbosity_error()  # casting random modules warns once per module
-    pipe = random_pipeline(size, device, dtype)
+    if args.model_config:
+        pipe = configured_pipeline(args.model_config, device, dtype)
+    else:
+        pipe = random_pipeline(size, device, dtype)
+    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [pipe.resolution]
     if args.memory_of_references:
         print(json.dumps(reference_memory(pipe, device, resolutions[0], args.steps, args.memory_of_references)))
         return 0
@@ -294,7 +344,8 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": str(dtype).removeprefix("torch."),
-        "model": "small" if args.small else "SD-1.5 sizes (random weights)",
+        "model": (f"{args.model_config} (fresh initialisation)" if args.model_config
+                  else "small" if args.small else "SD-1.5 sizes (random weights)"),
         "steps": args.steps,
         "repeats": args.repeats,
         "results": {},
@@ -305,8 +356,9 @@ def main(argv=None) -> int:
         report["references"] = measure_references(pipe, device, args, resolutions[0], counts)
         del report["results"]
         return write_report(report, args.output)
-    # faithful and fast share the pipeline and differ by one flag: timed interleaved
-    eager = {mode: mode == "faithful" for mode in modes if mode in ("faithful", "fast")}
+    # faithful, fast and fast-t0 share the pipeline and differ by a flag or the model's kind: timed interleaved
+    eager_variants = {"faithful": (True, None), "fast": (False, None), "fast-t0": (False, 0)}
+    eager = {mode: eager_variants[mode] for mode in modes if mode in eager_variants}
     for mode in eager:
         report["results"][mode] = {}
     for resolution in resolutions:
@@ -323,24 +375,31 @@ def main(argv=None) -> int:
         steps = args.sequential_steps if mode == "offload-sequential" else args.steps
         # a compilation per shape costs minutes: `compile` is timed at the first resolution only
         report["results"][mode] = {
-            str(resolution): measure(pipe, device, resolution, steps, args.repeats, {mode: False})[mode]
+            str(resolution): measure(pipe, device, resolution, steps, args.repeats, {mode: (False, None)})[mode]
             for resolution in (resolutions[:1] if mode == "compile" else resolutions)
         }
         if mode.startswith("offload"):
             pipe.remove_all_hooks()
             pipe.to(device)
-    baseline = report["results"].get("faithful", {})
     report["speedup_vs_faithful"] = {
-        mode: {
-            res: {
-                "per_edit": round(baseline[res]["median_s_per_edit"] / r["median_s_per_edit"], 3),
-                "per_step": round(baseline[res]["ms_per_step"] / max(r["ms_per_step"], 1e-9), 3),
-            }
-            for res, r in results.items() if res in baseline and r["steps"] == baseline[res]["steps"]
-        }
+        mode: speedups(report["results"].get("faithful", {}), results)
         for mode, results in report["results"].items() if mode != "faithful"
     }
+    if "fast" in report["results"] and "fast-t0" in report["results"]:
+        # the same weights and path, only the model's kind differs
+        report["speedup_of_t0_vs_per_step"] = speedups(report["results"]["fast"], report["results"]["fast-t0"])
     return write_report(report, args.output)
+
+
+def speedups(baseline: dict, results: dict) -> dict:
+    """Per resolution: baseline time / this time, per edit and per step (same step counts only)."""
+    return {
+        res: {
+            "per_edit": round(baseline[res]["median_s_per_edit"] / r["median_s_per_edit"], 3),
+            "per_step": round(baseline[res]["ms_per_step"] / max(r["ms_per_step"], 1e-9), 3),
+        }
+        for res, r in results.items() if res in baseline and r["steps"] == baseline[res]["steps"]
+    }
 
 
 def write_report(report: dict, output: str | None) -> int:
