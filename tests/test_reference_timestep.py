@@ -18,6 +18,7 @@ from mimicbrush.training.export import export_pipeline
 from mimicbrush.training.imitation import ImitationProbe
 from mimicbrush.training.objective import MimicBrushObjective
 from mimicbrush.training.trainer import build_training_model
+from test_pipeline import edit as edit_with_steps, images  # noqa: F401
 from test_train_model import sample_batch, tiny_config
 from test_train_support import one_thread, tiny_document, write_config  # noqa: F401
 from tiny_models import tiny_components
@@ -35,27 +36,13 @@ def tiny_pipeline_of_kind(reference_timestep, sampler="ddim"):
     return pipe
 
 
-@pytest.fixture(scope="module")
-def images():
-    rng = np.random.default_rng(0)
-    source = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    reference = rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)
-    other_reference = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    return source, reference, other_reference
-
-
 def edit(pipe, source, reference, **kwargs):
-    kwargs = {"num_inference_steps": STEPS, "generator": torch.Generator().manual_seed(0), **kwargs}
-    return pipe(source_image=source, mask_image="10,5,40,30", reference_image=reference, **kwargs)
+    return edit_with_steps(pipe, source, reference, num_inference_steps=STEPS, **kwargs)
 
 
 def record_reference_timesteps(unet, into: list):
     """A hook noting the timestep of every reference U-Net call."""
     return unet.register_forward_pre_hook(lambda module, args: into.append(torch.as_tensor(args[1]).clone()))
-
-
-def pixels(image):
-    return np.asarray(image).astype(np.int16)
 
 
 # ---------------------------------------------------------------------------------------------
