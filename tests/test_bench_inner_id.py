@@ -122,6 +122,20 @@ def test_small_masks_stay_under_five_percent(small_dreambooth, tmp_path):
     assert track.builder["small_masks"] is True
 
 
+def test_crossing_masks_hide_subject_and_background(small_dreambooth, tmp_path):
+    track = build_inner_id_track(small_dreambooth, tmp_path, InnerIdOptions(seed=3, crossing_masks=True), progress=False)
+    for case in track.cases:
+        subject = estimate_subject(np.asarray(Image.open(case.source_path)), seed=3).mask
+        mask = np.asarray(Image.open(case.mask_path)) > 128
+        on_subject = (mask & subject).sum() / mask.sum()
+        assert 0.2 <= on_subject <= 0.8  # neither a part of the subject nor background alone
+        assert 0.1 <= mask.sum() / subject.sum() <= 0.5
+    entries = json.loads((track.folder / "track.json").read_text())["cases"]
+    assert track.builder["crossing_masks"] is True and {entry["mask_shape"] for entry in entries} <= {"ellipse", "box"}
+    with pytest.raises(InputError, match="give one"):
+        build_inner_id_track(small_dreambooth, tmp_path / "both", InnerIdOptions(small_masks=True, crossing_masks=True))
+
+
 def test_existing_track_needs_force(small_dreambooth, tmp_path):
     build_inner_id_track(small_dreambooth, tmp_path, InnerIdOptions(pairs_per_subject=1), progress=False)
     with pytest.raises(InputError, match="--force"):

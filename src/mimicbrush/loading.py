@@ -31,6 +31,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+# said wherever a command falls back on the bundled model: its weights are trained on DAVIS 2016
+# (CC BY-NC 4.0), so they are for non-commercial use (model card; docs/demo-model.md says where a
+# commercial user goes instead)
+BUNDLED_MODEL_NOTICE = ("model: the bundled demo model, CC BY-NC 4.0 (non-commercial use only; its model card "
+                        "says why), pass --model for another")
+
+
 def default_model() -> Path:
     """The bundled demo model, when this install ships one."""
     bundled = Path(__file__).parent / "assets" / "demo-model"

@@ -45,6 +45,9 @@ PROCEDURE = {
     "its intersection with the subject region covers the target area within 10%; the mask is that "
     "intersection. Target: a U(0.15, 0.40) share of the subject's area, or with small_masks a "
     "U(0.01, 0.04) share of the image (capped at half the subject), redrawn until under 5% of the image",
+    "crossing_mask": "with crossing_masks instead: an ellipse or rotated box (equally likely) centred on a "
+    "pixel of the subject region's edge, scaled until it covers a U(0.15, 0.40) share of the subject's area "
+    "within 10%, kept whole (not cut to the subject); redrawn until 20-80% of it lies on the subject",
     "reference_region": "the tight box of the reference photo's subject region (same procedure)",
     "mismatched_reference": "a case of another subject and, where there is one, another class, drawn uniformly",
     "prompt": "'a photo of a {class}' with the class from prompts_and_classes.txt (else the folder name)",
@@ -58,6 +61,7 @@ class InnerIdOptions:
     seed: int = 0
     pairs_per_subject: int = 2
     small_masks: bool = False
+    crossing_masks: bool = False  # ellipses and boxes over the subject's edge, not cut to it
 
 
 def list_subjects(dreambooth_dir: Path) -> dict[str, list[Path]]:
@@ -115,6 +119,8 @@ def build_inner_id_track(
     dreambooth_dir = Path(dreambooth_dir)
     if options.pairs_per_subject < 1:
         raise InputError("--pairs-per-subject must be at least 1")
+    if options.small_masks and options.crossing_masks:
+        raise InputError("--small-masks and --crossing-masks are two kinds of mask: give one")
     subjects = list_subjects(dreambooth_dir)
     classes = read_subject_classes(dreambooth_dir)
     folder = Path(root) / KIND.track_id
@@ -168,6 +174,7 @@ def build_inner_id_track(
         "seed": options.seed,
         "pairs_per_subject": options.pairs_per_subject,
         "small_masks": options.small_masks,
+        "crossing_masks": options.crossing_masks,
         "procedure": PROCEDURE,
     }
     write_track_file(folder, KIND, entries, builder)
@@ -186,6 +193,8 @@ def _prepare_folder(folder: Path, force: bool) -> None:
 
 def _sample_mask(subject: np.ndarray, options: InnerIdOptions, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     subject_pixels = float(subject.sum())
+    if options.crossing_masks:
+        return subject_masks.sample_crossing_mask(subject, subject_pixels * rng.uniform(*PART_FRACTION_OF_SUBJECT), rng)
     if not options.small_masks:
         return subject_masks.sample_part_mask(subject, subject_pixels * rng.uniform(*PART_FRACTION_OF_SUBJECT), rng)
     for _ in range(SMALL_MASK_ATTEMPTS):

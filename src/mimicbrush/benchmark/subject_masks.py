@@ -10,6 +10,10 @@
    pixel drawn with probability proportional to its distance from the subject's edge, scaled
    until its intersection with the subject covers the target area (within 10%); the mask is that
    intersection.
+3. Crossing mask (`--crossing-masks`): an ellipse or rotated box centred on a pixel of the
+   subject's edge, scaled until it covers the target area, and kept as drawn (not cut to the
+   subject), so it hides part of the subject and part of the background, as a user's rough
+   ellipse does; redrawn until each side holds at least a fifth of the mask.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ INIT_MARGIN = 0.1
 MIN_SUBJECT_FRACTION = 0.03
 MAX_SUBJECT_FRACTION = 0.9
 SHAPES = ("ellipse", "box", "blob")
+CROSSING_SHAPES = ("ellipse", "box")
+CROSSING_MIN_SHARE = 0.2  # of a crossing mask, on the subject and on the background each
+CROSSING_ATTEMPTS = 16
 AREA_TOLERANCE = 0.1
 MAX_SCALE_STEPS = 12
 
@@ -101,6 +108,30 @@ def sample_part_mask(subject: np.ndarray, target_pixels: float, rng: np.random.G
     if best is None:
         raise ValueError("could not place a mask inside the subject region")
     return best, shape
+
+
+def sample_crossing_mask(subject: np.ndarray, target_pixels: float, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A random ellipse or box of about `target_pixels` pixels over the subject's edge, and its kind."""
+    edge = subject & ~cv2.erode(subject.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    rows, columns = np.nonzero(edge)
+    if not len(rows):
+        raise ValueError("the subject region has no edge")
+    for _ in range(CROSSING_ATTEMPTS):
+        shape = CROSSING_SHAPES[rng.integers(len(CROSSING_SHAPES))]
+        index = rng.integers(len(rows))
+        centre = (int(columns[index]), int(rows[index]))
+        parameters = _shape_parameters(shape, rng)
+        radius = np.sqrt(target_pixels / np.pi)
+        for _ in range(MAX_SCALE_STEPS):  # the image's border may cut the shape: grow it back
+            mask = _draw(shape, centre, radius, parameters, subject.shape)
+            area = int(mask.sum())
+            if abs(area / target_pixels - 1) <= AREA_TOLERANCE:
+                break
+            radius *= np.sqrt(target_pixels / area) if area else 1.5
+        on_subject = (mask & subject).sum() / max(1, area)
+        if CROSSING_MIN_SHARE <= on_subject <= 1 - CROSSING_MIN_SHARE:
+            return mask, shape
+    raise ValueError(f"no mask crossing the subject's edge in {CROSSING_ATTEMPTS} attempts")
 
 
 def _interior_point(subject: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:

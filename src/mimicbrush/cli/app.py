@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         raise InputError("the app needs Gradio: pip install 'mimicbrush[app]'") from None
     from ..app import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, EditService, build_app, launch
+    from ..loading import BUNDLED_MODEL_NOTICE
 
     if args.model is None:
-        print("model: the bundled demo model (pass --model for another)", file=sys.stderr)
+        print(BUNDLED_MODEL_NOTICE, file=sys.stderr)
     service = EditService.load(args.model, device=args.device, dtype=args.dtype, offload=args.offload,
                                max_side=args.max_side or DEFAULT_MAX_SIDE)
     demo = build_app(service, max_file_size=args.max_file_size or DEFAULT_MAX_FILE_SIZE,

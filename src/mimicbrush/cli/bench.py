@@ -44,6 +44,8 @@ def _register_build_inner_id(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pairs-per-subject", type=int, default=2)
     parser.add_argument("--small-masks", action="store_true", help="masks under 5%% of the image (zoom-in study)")
+    parser.add_argument("--crossing-masks", action="store_true",
+                        help="ellipses and boxes over the subject's edge, half subject, half background")
     parser.add_argument("--force", action="store_true", help="replace a track already there")
     parser.set_defaults(func=_build_inner_id)
 
@@ -108,7 +110,8 @@ def _register_compare(commands) -> None:
 def _build_inner_id(args: argparse.Namespace) -> int:
     from ..benchmark.inner_id import PAPER_CASE_COUNT, InnerIdOptions, build_inner_id_track
 
-    options = InnerIdOptions(seed=args.seed, pairs_per_subject=args.pairs_per_subject, small_masks=args.small_masks)
+    options = InnerIdOptions(seed=args.seed, pairs_per_subject=args.pairs_per_subject, small_masks=args.small_masks,
+                             crossing_masks=args.crossing_masks)
     track = build_inner_id_track(args.dreambooth_dir, args.output, options, force=args.force)
     if len(track.cases) < PAPER_CASE_COUNT:
         print(f"note: {len(track.cases)} cases, fewer than the paper's {PAPER_CASE_COUNT}", file=sys.stderr)

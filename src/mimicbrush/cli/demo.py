@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..examples import bundled_examples
-    from ..loading import default_model, load_pipeline
+    from ..loading import BUNDLED_MODEL_NOTICE, default_model, load_pipeline
 
     model = args.model or default_model()
     if args.model is None:
-        print(f"model: the bundled demo model ({model})", file=sys.stderr)
+        print(f"{BUNDLED_MODEL_NOTICE} ({model})", file=sys.stderr)
     pipe = load_pipeline(model, device=args.device)
     samplers.use_sampler(pipe, args.scheduler)
     steps = args.steps

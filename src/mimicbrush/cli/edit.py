@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if args.source is None or args.mask is None:
         raise InputError("give SOURCE and --mask (or --batch MANIFEST.jsonl for a batch of edits)")
-    from ..loading import load_pipeline
+    from ..loading import BUNDLED_MODEL_NOTICE, load_pipeline
 
     outputs = [Path(args.output)] + ([Path(args.depth_out)] if args.depth_out else [])
     for path in outputs:  # fail before minutes of loading, not after
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
     if args.model is None:
-        print("model: the bundled demo model (pass --model for another)", file=sys.stderr)
+        print(BUNDLED_MODEL_NOTICE, file=sys.stderr)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, offload=args.offload, compiled=args.compile)
     samplers.use_sampler(pipe, args.scheduler)
     result = make_edit(pipe, args, seed, inputs)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 def run_batch(args: argparse.Namespace) -> int:
     """`edit --batch MANIFEST -o OUT_DIR`: every row, one model load; exit 2 if any row failed."""
     from ..batch import read_manifest, run_batch as run_rows
-    from ..loading import load_pipeline
+    from ..loading import BUNDLED_MODEL_NOTICE, load_pipeline
     from ..sharding import launch_state, process_device
 
     if args.source is not None or args.mask is not None:
@@ -190,7 +190,7 @@ def run_batch(args: argparse.Namespace) -> int:
         for line, message in sorted(failed.items()):
             print(f"error: line {line}: {message}", file=sys.stderr)
         if args.model is None:
-            print("model: the bundled demo model (pass --model for another)", file=sys.stderr)
+            print(BUNDLED_MODEL_NOTICE, file=sys.stderr)
     pipe = load_pipeline(args.model, device=process_device(state, args.device), dtype=args.dtype, offload=args.offload, compiled=args.compile)
     samplers.use_sampler(pipe, args.scheduler)  # the command line's for every row
     pipe.set_progress_bar_config(disable=True)  # one bar over the rows

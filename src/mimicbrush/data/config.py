@@ -46,9 +46,11 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class StaticDatasetConfig:
-    images: Path
-    segments: Path | None = None  # None: look next to the images
+    images: Path | None  # None: the frame folders listed in `manifest`, one dataset each
+    segments: Path | None = None  # None: look next to the images; with `manifest`, per clip below it
     format: str = "auto"
+    # a clip list (as data.video.manifest): training stills and video from one list of clips
+    manifest: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -159,14 +161,17 @@ def _static(section: Section) -> StaticConfig:
     datasets = []
     for index, item in enumerate(section.items("datasets")):
         entry = Section(item, f"{section.name}.datasets[{index}]", section.base_dir)
-        datasets.append(
-            StaticDatasetConfig(
-                images=entry.path("images", None),
-                segments=entry.path("segments", None, optional=True),
-                format=entry.choice("format", "auto", SEGMENT_FORMATS),
-            )
+        dataset = StaticDatasetConfig(
+            images=entry.path("images", None, optional=True),
+            segments=entry.path("segments", None, optional=True),
+            format=entry.choice("format", "auto", SEGMENT_FORMATS),
+            manifest=entry.path("manifest", None, optional=True),
         )
         entry.finish()
+        if (dataset.images is None) == (dataset.manifest is None):
+            raise ConfigError(f"{entry.name}: give either images (a folder) or manifest (a clip list), not "
+                              f"{'both' if dataset.images else 'neither'}")
+        datasets.append(dataset)
     config = StaticConfig(
         weight=section.number("weight", DEFAULT_STATIC_WEIGHT if section.given else 0.0, minimum=0.0),
         datasets=tuple(datasets),

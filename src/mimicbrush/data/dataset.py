@@ -21,7 +21,7 @@ from .keypoints import Matches, match_keypoints
 from .masking import box_mask, grid_mask, segment_mask
 from .ssim import SsimCache, cache_file
 from .segments import read_label_map_segments
-from .static import StaticImage, list_static_images, load_segments, read_static_image
+from .static import StaticImage, expand_manifest, list_static_images, load_segments, read_static_image
 from .video import list_clips
 
 _SAMPLE_ATTEMPTS = 3  # whole-sample redraws when the video source finds no pair in its band
@@ -204,8 +204,10 @@ def build_dataset(config: DataConfig, seed: int) -> PairDataset:
         frame_pairs = FramePairSampler(clips, config.video, SsimCache(_ssim_cache_path(config)))
     static_images: list[StaticImage] = []
     if config.static.weight > 0:
-        for index, dataset in enumerate(config.static.datasets):
-            static_images += list_static_images(dataset, f"data.static.datasets[{index}]")
+        for index, entry in enumerate(config.static.datasets):
+            where = f"data.static.datasets[{index}]"
+            for dataset in expand_manifest(entry, where):
+                static_images += list_static_images(dataset, where)
         if not static_images:
             raise ConfigError("data.static: no usable images in any of data.static.datasets")
     return PairDataset(config, seed, frame_pairs, static_images)

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from .config import FelzenszwalbConfig, StaticDatasetConfig
 from .images import IMAGE_EXTENSIONS, read_rgb
 from .segments import Segments, felzenszwalb_segments, read_label_map_segments, read_sa1b
+from .video import FrameFolderClip, read_manifest
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,22 @@ class StaticImage:
     image: Path
     segments: Path | None  # None: segments come from felzenszwalb
     format: str  # "sa1b" | "label_map" | "felzenszwalb"
+
+
+def expand_manifest(dataset: StaticDatasetConfig, where: str) -> list[StaticDatasetConfig]:
+    """A dataset given as a clip list becomes one dataset per listed frame folder, its label maps
+    in `<segments>/<clip folder name>/` (DAVIS's layout, as data.video.segments) where that folder
+    exists; a dataset given as a folder is returned as it is."""
+    if dataset.manifest is None:
+        return [dataset]
+    datasets = []
+    for clip in read_manifest(dataset.manifest, f"{where}.manifest"):
+        if not isinstance(clip, FrameFolderClip):
+            raise ConfigError(f"{where}.manifest: stills come from frame folders, not video files ({clip.key})")
+        segments = None if dataset.segments is None else dataset.segments / clip.folder.name
+        datasets.append(StaticDatasetConfig(images=clip.folder, format=dataset.format,
+                                            segments=segments if segments is not None and segments.is_dir() else None))
+    return datasets
 
 
 def list_static_images(dataset: StaticDatasetConfig, where: str) -> list[StaticImage]:

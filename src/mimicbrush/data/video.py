@@ -37,6 +37,7 @@ class Clip:
 class FrameFolderClip(Clip):
     def __init__(self, folder: Path, frames: list[Path]):
         self.key = str(folder)
+        self.folder = folder
         self.frames = frames
 
     @property

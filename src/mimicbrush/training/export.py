@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -9,12 +10,32 @@ from pathlib import Path
 
 import torch
 
+from ..data.sources import data_sources
 from ..loading import DTYPES
 
+DATA_RECORD_FILE = "training_data.json"
 
-def export_pipeline(pipeline, target: Path, dtype: str) -> Path:
+
+def data_record(config) -> dict:
+    """What a run trained on and what its imitation metric held out, as paths relative to the
+    config's folder: the exported model carries its own record of its data (and so of the
+    licences it inherits)."""
+
+    def relative(paths: list[Path]) -> list[str]:
+        return [Path(os.path.relpath(path, config.base_dir)).as_posix() for path in paths]
+
+    held_out = config.imitation.data
+    return {
+        "trained_on": relative(data_sources(config.data)),
+        "held_out_for_the_imitation_metric": relative(data_sources(held_out, "imitation.data") if held_out else []),
+        "paths_relative_to": "the training config's folder",
+    }
+
+
+def export_pipeline(pipeline, target: Path, dtype: str, record: dict | None = None) -> Path:
     """Save `pipeline` (cast to `dtype` in place: call it when training is over) to `target`,
-    written beside it and renamed, so an interrupted export never leaves a half folder."""
+    written beside it and renamed, so an interrupted export never leaves a half folder; `record`
+    (data_record) goes beside the weights as training_data.json."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target_dtype = DTYPES[dtype]
@@ -26,6 +47,8 @@ def export_pipeline(pipeline, target: Path, dtype: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
     try:
         pipeline.save_pretrained(staging, safe_serialization=True)
+        if record is not None:
+            (staging / DATA_RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n")
         if target.exists():
             old = staging.with_name(f".trash-{target.name}")
             os.replace(target, old)

@@ -16,15 +16,13 @@ reach a low loss by inpainting from context while ignoring the reference.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from ..data import DataConfig, build_dataset
-from ..data.static import list_static_images
-from ..data.video import list_clips
+from ..data.sources import data_sources
 from ..errors import ConfigError
 from .batches import TrainingSamples, loss_inputs
 from .config import ImitationConfig
@@ -35,24 +33,11 @@ _CHUNK = 16  # pairs per forward
 
 def check_held_out(training: DataConfig, held_out: DataConfig, where: str = "imitation.data") -> None:
     """A held-out pair must not come from a clip or image the run trains on."""
-    trained = _sources(training, "data")
-    for name in sorted(_sources(held_out, where)):
+    trained = set(data_sources(training, "data"))
+    for name in sorted(data_sources(held_out, where)):
         if name in trained:
             raise ConfigError(f"{where}: {name} is also in the training data (data:); the held-out set must be "
                               "clips and images the run does not train on")
-
-
-def _sources(config: DataConfig, where: str) -> set[str]:
-    names: set[str] = set()
-    if config.video.weight > 0:
-        names |= {os.path.realpath(clip.key)
-                  for clip in list_clips(config.video.roots, config.video.manifest, f"{where}.video")}
-    if config.static.weight > 0:
-        for index, dataset in enumerate(config.static.datasets):
-            images = list_static_images(dataset, f"{where}.static.datasets[{index}]")
-            # a still taken from a clip's frame folder counts as that clip
-            names |= {os.path.realpath(item.image.parent) for item in images}
-    return names
 
 
 class ImitationProbe:
