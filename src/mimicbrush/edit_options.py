@@ -104,3 +104,11 @@ def generator(seed: int):
     import torch
 
     return torch.Generator("cpu").manual_seed(seed)
+
+
+def unet_calls(scheduler, steps: int, mask01, zoom: str) -> int:
+    """How many U-Net calls one edit makes, known before it runs (for progress bars): the
+    scheduler's for `steps` (heun 2N−1), once per region a zoomed edit makes (editing.plan_regions;
+    a reference hint alone keeps one region)."""
+    regions = 1 if zoom == "off" else len(editing.plan_regions(mask01, zoom=zoom))
+    return samplers.unet_calls(scheduler, steps) * regions

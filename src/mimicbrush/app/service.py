@@ -311,12 +311,10 @@ class EditService:
                 reference = references
                 reference_box = hints if any(hint is not None for hint in hints) else None
             mask01 = imaging.binary_mask(mask_image)
-            calls = 1
-            if request.zoom != "off" or reference_box is not None:
-                calls = len(editing.plan_regions(mask01, zoom=request.zoom))
             seed = edit_options.edit_seed(self._chosen_seed(request), LIMITS)
             scheduler = self.scheduler(request.scheduler)
-            total = samplers.unet_calls(scheduler, int(request.steps)) * calls  # the callback runs per U-Net call
+            # the callback runs per U-Net call
+            total = edit_options.unet_calls(scheduler, int(request.steps), mask01, request.zoom)
             done = [0]
 
             def step_end(pipe, step, timestep, tensors):
