@@ -10,6 +10,7 @@ interrupt) are faked through sys.modules.
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -275,3 +276,21 @@ def test_tensors_from_other_nodes_are_rounded_to_8_bits():
     values = torch.tensor([0.0, 100.4, 100.6, 254.5, 255.0, 300.0]) / 255  # not k/255, as a blur makes
     (frame,) = tensors.images(values.reshape(1, 1, 6, 1), "source")
     assert frame[0, :, 0].tolist() == [0, 100, 101, 254, 255, 255] and frame.shape == (1, 6, 3)
+
+
+def test_committed_workflows_are_the_generated_ones(tmp_path):
+    """comfyui/workflows/ is what mimicbrush.comfyui.workflows writes (regenerate with
+    `python -m mimicbrush.comfyui.workflows INPUT_DIR --workflows comfyui/workflows`)."""
+    from pathlib import Path
+
+    from mimicbrush.comfyui.workflows import write_workflows
+
+    committed = Path(__file__).resolve().parents[1] / "comfyui" / "workflows"
+    written = write_workflows(tmp_path)
+    assert sorted(path.name for path in written) == sorted(path.name for path in committed.glob("*.json"))
+    for path in written:
+        assert path.read_text() == (committed / path.name).read_text(), path.name
+    api = json.loads((committed / "coffee-brick.api.json").read_text())
+    assert api["2"] == {"class_type": "LoadImageMask", "inputs": {"image": "mimicbrush-coffee-brick-mask.png",
+                                                                  "channel": "red"}}
+    assert api["5"]["inputs"]["keep_shape"] is True and api["7"]["inputs"]["images"] == ["5", 1]
