@@ -6,6 +6,9 @@ its folder's name, which would hide the mimicbrush package itself.
 """
 
 if __name__ == "mimicbrush":
+    import sys
+
+    del sys.modules[__name__]  # ComfyUI put this folder there: give the name back to the package
     raise ImportError("this custom_nodes folder is named 'mimicbrush', which hides the mimicbrush package: "
                       "rename it (e.g. custom_nodes/mimicbrush_nodes)")
 
