@@ -61,21 +61,19 @@ def comfy_load_image_mask(path, channel="red"):
 
 
 @pytest.fixture(scope="module")
-def bundled_pipe():
-    return loading.load_pipeline(None, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def model(bundled_pipe, monkeypatch_module):
-    monkeypatch_module.setattr(loading, "load_pipeline", lambda *args, **kwargs: bundled_pipe)
+def model():
+    """The bundled model, loaded by the Load node (its own pipeline, not the CLI's)."""
     (loaded,) = NODE_CLASS_MAPPINGS["MimicBrushLoad"]().load(BUNDLED)
     return loaded
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+@pytest.fixture(scope="module", autouse=True)
+def cli_loads_once():
+    """`mimicbrush edit` runs in process; its model loads once for the module, not per call."""
+    pipe = loading.load_pipeline(None, device="cpu")
     with pytest.MonkeyPatch.context() as patch:
-        yield patch
+        patch.setattr(loading, "load_pipeline", lambda *args, **kwargs: pipe)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +319,44 @@ from mimicbrush.pipeline import MimicBrushPipeline  # the package still imports 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "named 'mimicbrush', which hides the mimicbrush package" in result.stdout
+
+
+def test_models_folder_and_hub_downloads_stay_in_comfyuis_models(tmp_path, monkeypatch):
+    """Model folders are listed from models/mimicbrush/ (through folder_paths); a hub id is
+    downloaded into models/mimicbrush/hub/ with cache_dir, never into the user's HF cache."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from mimicbrush.comfyui.model import RELEASE_HUB_ID, model_choices
+    from mimicbrush.errors import WeightsError
+
+    registered: dict[str, list[str]] = {}
+    paths = types.ModuleType("folder_paths")  # upstream ComfyUI's module name
+    paths.models_dir = str(tmp_path / "models")
+
+    def get_folder_paths(name):
+        return registered[name]
+
+    def add_model_folder_path(name, path, is_default=False):
+        registered.setdefault(name, []).append(path)
+
+    paths.get_folder_paths, paths.add_model_folder_path = get_folder_paths, add_model_folder_path
+    monkeypatch.setitem(sys.modules, "folder_paths", paths)
+    monkeypatch.setitem(sys.modules, "comfy.cmd.folder_paths", None)  # not the fork
+    ours = tmp_path / "models" / "mimicbrush" / "my-converted-model"
+    ours.mkdir(parents=True)
+    (ours / "model_index.json").write_text("{}")
+    (tmp_path / "models" / "mimicbrush" / "notes").mkdir()  # not a model: not listed
+    assert model_choices() == [BUNDLED, "my-converted-model", RELEASE_HUB_ID]
+
+    asked = []
+
+    def offline_snapshot_download(repo_id, **kwargs):
+        asked.append((repo_id, kwargs.get("cache_dir"), kwargs.get("local_dir")))
+        raise LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline_snapshot_download)
+    with pytest.raises(WeightsError, match="cannot download 'someone/their-model': no connection") as raised:
+        NODE_CLASS_MAPPINGS["MimicBrushLoad"]().load(BUNDLED, hub_id="someone/their-model")
+    assert raised.value.__cause__ is None
+    assert asked == [("someone/their-model", tmp_path / "models" / "mimicbrush" / "hub", None)]

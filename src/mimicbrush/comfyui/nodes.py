@@ -177,9 +177,8 @@ def run_edit(model: MimicBrushModel, source, mask, reference, *, keep_shape, ste
         raise InputError("the source batch mixes image sizes")
     masks = tensors.paired(tensors.masks(mask), len(sources), "the mask", "sources")
     loaded = [tensors.edit_mask(frame_mask, size) for frame_mask in masks]
-    for _, notices in loaded[:1]:
-        for notice in notices:
-            host.logger.warning("MimicBrush: %s", notice)
+    for notice in dict.fromkeys(notice for _, notices in loaded for notice in notices):  # each once
+        host.logger.warning("MimicBrush: %s", notice)
     references, reference_hints = _references(reference, hints)
     one = len(references) == 1
     reference_image = references[0] if one else references
