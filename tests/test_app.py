@@ -122,8 +122,8 @@ def test_keep_shape_gives_a_depth_preview_and_zoom_ticks_per_region(service):
         (dict(reference=None), "Upload a reference image"),
         (dict(source=photo(600, 40)), "over this app's limit of 512 px"),
         (dict(reference_box="0,0,500,10"), "outside"),
-        (dict(steps=0), "Steps must be"),
-        (dict(guidance=float("nan")), "Guidance must be"),
+        (dict(steps=0), "steps must be"),
+        (dict(guidance=float("nan")), "guidance must be"),
     ],
 )
 def test_clear_messages(service, changes, message):
@@ -201,3 +201,19 @@ def test_cli_defaults_to_loopback_and_refuses_bad_ports(capsys):
     assert (args.host, args.port) == ("127.0.0.1", 7860)
     assert main(["app", "--model", "x", "--port", "0"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_a_service_without_an_output_folder_writes_no_file(monkeypatch, tmp_path):
+    """The service writes the result PNG only where its caller says (ComfyUI writes its own
+    outputs; the web app gives the service a temporary folder)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a stray temp file would land
+    service = EditService(tiny_pipeline(), model_label="tiny", max_side=512)
+    result = service.run(box_request())
+    assert result.path is None and result.image.size == (96, 64)
+    assert list(tmp_path.iterdir()) == []
+    from mimicbrush.app import build_app
+
+    build_app(service, with_examples=False)  # the app chooses a temporary folder for its downloads
+    assert service.output_dir is not None and service.output_dir.parent == tmp_path

@@ -445,11 +445,13 @@ def test_describe_regions(scene):
 
 
 def test_cli_options():
+    from mimicbrush.cli import options
+
     parser = argparse.ArgumentParser()
-    editing.add_arguments(parser)
-    defaults = editing.options_from_args(parser.parse_args([]))
+    options.add_editing_arguments(parser)
+    defaults = options.editing_options(parser.parse_args([]))
     assert defaults == {"zoom": "off", "margin": editing.DEFAULT_ZOOM_MARGIN,
                         "threshold": editing.DEFAULT_ZOOM_THRESHOLD, "reference_box": None}
     args = parser.parse_args(["--zoom", "auto", "--zoom-margin", "0.5", "--zoom-threshold", "0.2",
                               "--reference-box", "1,2,3,4"])
-    assert editing.options_from_args(args) == {"zoom": "auto", "margin": 0.5, "threshold": 0.2, "reference_box": "1,2,3,4"}
+    assert options.editing_options(args) == {"zoom": "auto", "margin": 0.5, "threshold": 0.2, "reference_box": "1,2,3,4"}

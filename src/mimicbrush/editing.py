@@ -14,7 +14,6 @@ Boxes are `(x0, y0, x1, y1)` in pixels, x0/y0 inclusive and x1/y1 exclusive (as 
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from dataclasses import dataclass
@@ -475,42 +474,3 @@ def describe_regions(output: EditingOutput) -> list[str]:
 
 def _box_text(box: Box) -> str:
     return ",".join(str(value) for value in box)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The editing options of `mimicbrush edit` (and `bench run`): --zoom, --zoom-margin,
-    --zoom-threshold, --reference-box."""
-    parser.add_argument(
-        "--zoom", choices=ZOOM_MODES, default="off",
-        help="auto: edit small masked regions on a crop around each, at the model's full resolution "
-        "(default off: the release's behaviour)",
-    )
-    parser.add_argument(
-        "--zoom-margin", type=float, default=DEFAULT_ZOOM_MARGIN, metavar="M",
-        help=f"context around a zoomed region on each side, × its long side (default {DEFAULT_ZOOM_MARGIN})",
-    )
-    parser.add_argument(
-        "--zoom-threshold", type=float, default=DEFAULT_ZOOM_THRESHOLD, metavar="F",
-        help=f"zoom regions whose box covers less than this share of the image (default {DEFAULT_ZOOM_THRESHOLD})",
-    )
-    parser.add_argument(
-        "--reference-box", metavar="x0,y0,x1,y1", action="append",
-        help="restrict what the reference offers: it is cropped to this box (plus a little context); "
-        "with several --reference, once per reference, paired in order",
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> dict:
-    """zoomed_edit's keyword arguments from the options add_arguments defined (one
-    --reference-box: its box; several: their list, one per reference)."""
-    boxes = args.reference_box
-    return {
-        "zoom": args.zoom,
-        "margin": args.zoom_margin,
-        "threshold": args.zoom_threshold,
-        "reference_box": boxes[0] if isinstance(boxes, list) and len(boxes) == 1 else boxes,
-    }

@@ -53,15 +53,18 @@ def load_pipeline(
     dtype: str = "auto",
     offload: str = "none",
     compiled: bool = False,
+    cache_dir: str | Path | None = None,
 ):
     """A ready MimicBrushPipeline on `device` (progress bars on stderr); see acceleration.py for
-    `offload` (none, model, sequential) and `compiled`."""
+    `offload` (none, model, sequential) and `compiled`; a hub id is downloaded into `cache_dir`
+    (default the Hugging Face cache)."""
     from .acceleration import compile_unets, place_pipeline
     from .pipeline import MimicBrushPipeline
 
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
-    pipe = MimicBrushPipeline.from_pretrained(model if model is not None else default_model(), torch_dtype=torch_dtype)
+    pipe = MimicBrushPipeline.from_pretrained(model if model is not None else default_model(), torch_dtype=torch_dtype,
+                                              cache_dir=cache_dir)
     pipe = place_pipeline(pipe, target, offload)
     if compiled:
         compile_unets(pipe)

@@ -108,12 +108,13 @@ class MimicBrushPipeline(DiffusionPipeline):
         """Load from a release-layout folder, our own folder, or a hub id of either.
 
         kwargs: `torch_dtype` (default float32), `scheduler` (any diffusers scheduler instance for
-        the model's prediction type) and, for our own format, anything diffusers'
+        the model's prediction type), `cache_dir` (where a hub id is downloaded; default the
+        Hugging Face cache) and, for our own format, anything diffusers'
         `DiffusionPipeline.from_pretrained` accepts.
         """
         from .weights import load_release_components, resolve_model
 
-        kind, location = resolve_model(pretrained_model_name_or_path)
+        kind, location = resolve_model(pretrained_model_name_or_path, cache_dir=kwargs.pop("cache_dir", None))
         dtype = kwargs.pop("torch_dtype", None) or torch.float32
         if kind == "release":
             pipe = cls(**load_release_components(location, dtype))

@@ -5,8 +5,8 @@ Every scheduler here is built from the model's own scheduler config (`from_confi
 the model's betas, timestep spacing and prediction type; a name only changes what it says.
 `--steps N` counts scheduler steps: a second-order scheduler (heun) calls the U-Nets twice per
 step but the first, `unet_calls` tells how many calls N steps make.
-The table names classes as strings and imports diffusers only when one is built, so the command
-line's parsers (which list the names) stay fast.
+The table names classes as strings and imports diffusers only when one is built, so the front ends
+that list the names (cli/options.py, the ComfyUI nodes) stay fast to import.
 """
 
 from __future__ import annotations
@@ -49,23 +49,6 @@ SAMPLERS = {sampler.name: sampler for sampler in (
     Sampler("euler-a", "EulerAncestralDiscreteScheduler"),
     Sampler("heun", "HeunDiscreteScheduler", calls_for_steps="2N-1"),
 )}
-
-
-def help_text() -> str:
-    """One line for --help: the names, grouped by their U-Net calls for N steps."""
-    groups: dict[str, list[str]] = {}
-    for sampler in SAMPLERS.values():
-        groups.setdefault(sampler.calls_for_steps, []).append(sampler.name)
-    return "; ".join(f"{', '.join(names)}: {calls} U-Net calls" for calls, names in groups.items())
-
-
-def add_argument(parser) -> None:
-    """--scheduler NAME, for the commands that edit (edit, bench run)."""
-    parser.add_argument(
-        "--scheduler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), metavar="NAME",
-        help=f"sampler ({help_text()} for --steps N); default {DEFAULT_SAMPLER}, the release's. "
-        "One that cannot serve the model's prediction type is refused (docs/performance.md)",
-    )
 
 
 def make_scheduler(name: str, model_config) -> SchedulerMixin:

@@ -372,12 +372,15 @@ _BASE_FILES = [
 ]
 
 
-def _snapshot(repo_id: str, allow_patterns: list[str] | None = None, revision: str | None = None) -> Path:
+def _snapshot(repo_id: str, allow_patterns: list[str] | None = None, revision: str | None = None,
+              cache_dir: str | Path | None = None) -> Path:
+    """The repo's files in the Hugging Face cache (`cache_dir`, default the user's), checked."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        snapshot = Path(snapshot_download(repo_id, allow_patterns=allow_patterns, revision=revision))
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=allow_patterns, revision=revision,
+                                          cache_dir=cache_dir))
     except LocalEntryNotFoundError:
         raise WeightsError(
             f"cannot download {repo_id!r}: no connection to the Hugging Face Hub and nothing cached. "
@@ -436,11 +439,13 @@ def verify_snapshot(snapshot: Path) -> int:
     return hashed
 
 
-def download_release(repo_id: str = RELEASE_REPO, base_repo_id: str = RELEASE_BASE_REPO) -> Path:
-    """Fetch what inference needs from the release's two repos (with progress bars, cached), and
-    assemble the release layout beside the cache as links into it."""
-    release = _snapshot(repo_id, _RELEASE_FILES)
-    base = _snapshot(base_repo_id, _BASE_FILES)
+def download_release(repo_id: str = RELEASE_REPO, base_repo_id: str = RELEASE_BASE_REPO,
+                     cache_dir: str | Path | None = None) -> Path:
+    """Fetch what inference needs from the release's two repos (with progress bars, cached in
+    `cache_dir`, default the user's Hugging Face cache), and assemble the release layout beside
+    the cache as links into it."""
+    release = _snapshot(repo_id, _RELEASE_FILES, cache_dir=cache_dir)
+    base = _snapshot(base_repo_id, _BASE_FILES, cache_dir=cache_dir)
     layout = release.parent.parent / "mimicbrush-layout" / release.name
     for snapshot, patterns in ((release, _RELEASE_FILES), (base, _BASE_FILES)):
         for pattern in patterns:
@@ -454,8 +459,9 @@ def download_release(repo_id: str = RELEASE_REPO, base_repo_id: str = RELEASE_BA
     return layout
 
 
-def resolve_model(name_or_path: str | Path) -> tuple[str, Path | str]:
-    """('release', folder) | ('ours', folder or hub id) for a local folder or a hub id."""
+def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None) -> tuple[str, Path | str]:
+    """('release', folder) | ('ours', folder or hub id) for a local folder or a hub id; a hub id
+    is downloaded into `cache_dir` (a Hugging Face cache; default the user's)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -472,8 +478,8 @@ def resolve_model(name_or_path: str | Path) -> tuple[str, Path | str]:
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise WeightsError(f"model folder not found: {name}")
     if name == RELEASE_REPO:
-        return "release", download_release(name)
-    snapshot = _snapshot(name)
+        return "release", download_release(name, cache_dir=cache_dir)
+    snapshot = _snapshot(name, cache_dir=cache_dir)
     if (snapshot / "model_index.json").is_file():
         return "ours", snapshot
     if is_release_layout(snapshot):

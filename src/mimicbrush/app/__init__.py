@@ -15,6 +15,9 @@ Gradio is an optional dependency (`pip install mimicbrush[app]`); only this pack
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 
 from .service import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, EditRequest, EditResult, EditService
@@ -29,9 +32,15 @@ QUEUE_SIZE = 64  # requests waiting at most; more get "the queue is full" instea
 
 def build_app(service: EditService, *, max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE,
               with_examples: bool = True, examples_dir: str | Path | None = None):
-    """The gr.Blocks app (queue enabled, one edit at a time) around a loaded EditService."""
+    """The gr.Blocks app (queue enabled, one edit at a time) around a loaded EditService. A
+    service without an output folder gets a temporary one (removed with the service): the page's
+    downloads are files."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
+
+    if service.output_dir is None:
+        service.output_dir = Path(tempfile.mkdtemp(prefix="mimicbrush-app-"))
+        weakref.finalize(service, shutil.rmtree, str(service.output_dir), True)
 
     from .api import build_api
     from .ui import CSS, build_ui

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import __version__, samplers
+from .. import __version__, edit_options
 from ..errors import InputError
 from .service import DEFAULT_MAX_FILE_SIZE, MAX_GUIDANCE, MAX_STEPS, EditRequest, EditService
 from .ui import MODEL_QUEUE
@@ -57,8 +57,8 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
                 steps=_whole(steps, "steps"),
                 guidance=float(guidance),
                 seed=None if seed is None or seed < 0 else _whole(seed, "seed"),
-                zoom=zoom or "off",
-                scheduler=scheduler or samplers.DEFAULT_SAMPLER,
+                zoom=zoom or edit_options.DEFAULT_ZOOM,
+                scheduler=scheduler or edit_options.DEFAULT_SCHEDULER,
             )
             outcome = service.run(request, on_step=lambda done, total: progress(
                 (done, total), desc="Repainting", unit="steps"))
@@ -77,8 +77,9 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
             "max_steps": MAX_STEPS,
             "max_guidance": MAX_GUIDANCE,
             "schedulers": service.schedulers,
-            "defaults": {"steps": 50, "guidance": 5.0, "seed": -1, "keep_shape": False, "zoom": "off",
-                         "scheduler": samplers.DEFAULT_SAMPLER},
+            "defaults": {"steps": edit_options.DEFAULT_STEPS, "guidance": edit_options.DEFAULT_GUIDANCE, "seed": -1,
+                         "keep_shape": False, "zoom": edit_options.DEFAULT_ZOOM,
+                         "scheduler": edit_options.DEFAULT_SCHEDULER},
         }
 
     with gr.Column(visible=False):
@@ -89,11 +90,11 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
             gr.Image(type="filepath", image_mode=None, label="reference"),
             gr.Textbox(value="", label="reference_box"),
             gr.Checkbox(value=False, label="keep_shape"),
-            gr.Radio(["off", "auto"], value="off", label="zoom"),
-            gr.Number(value=50, precision=0, label="steps"),
-            gr.Number(value=5.0, label="guidance"),
+            gr.Radio(list(edit_options.ZOOM_MODES), value=edit_options.DEFAULT_ZOOM, label="zoom"),
+            gr.Number(value=edit_options.DEFAULT_STEPS, precision=0, label="steps"),
+            gr.Number(value=edit_options.DEFAULT_GUIDANCE, label="guidance"),
             gr.Number(value=-1, precision=0, label="seed"),
-            gr.Dropdown(service.schedulers, value=samplers.DEFAULT_SAMPLER, label="scheduler"),
+            gr.Dropdown(service.schedulers, value=edit_options.DEFAULT_SCHEDULER, label="scheduler"),
             gr.File(value=None, file_count="multiple", file_types=["image"], label="more_references"),
             gr.Textbox(value="", label="more_reference_boxes"),
         ]

@@ -7,13 +7,9 @@ Errors the user can fix are `InputError`s with a message written for the person 
 
 from __future__ import annotations
 
-import secrets
-import shutil
-import tempfile
 import threading
 import uuid
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +18,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .. import __version__, editing, imaging, samplers
+from .. import __version__, edit_options, editing, imaging, samplers
 from ..errors import InputError
 
 # The longest side the app accepts for any image. The pipeline itself takes up to
@@ -31,9 +27,10 @@ from ..errors import InputError
 DEFAULT_MAX_SIDE = 4096
 # Largest upload the server accepts (Gradio's max_file_size), before any decoding.
 DEFAULT_MAX_FILE_SIZE = "25mb"
-MAX_STEPS = 200
-MAX_GUIDANCE = 30.0
-MAX_SEED = 2**31 - 1
+LIMITS = edit_options.WEB_APP  # the app's caps on steps, guidance and seeds (edit_options.py says why)
+MAX_STEPS = LIMITS.max_steps
+MAX_GUIDANCE = LIMITS.max_guidance
+MAX_SEED = LIMITS.max_seed
 OVERLAY_COLOUR = (255, 40, 40)
 ZOOM_BOX_COLOUR = (255, 210, 0)
 
@@ -53,17 +50,18 @@ class EditRequest:
     reference: object
     reference_box: object = None
     keep_shape: bool = False
-    steps: int = 50
-    guidance: float = 5.0
+    steps: int = edit_options.DEFAULT_STEPS
+    guidance: float = edit_options.DEFAULT_GUIDANCE
     seed: int | None = None  # None or negative: a random seed (reported in the result)
-    zoom: str = "off"
-    scheduler: str = samplers.DEFAULT_SAMPLER  # a name in samplers.SAMPLERS the model supports
+    zoom: str = edit_options.DEFAULT_ZOOM
+    scheduler: str = edit_options.DEFAULT_SCHEDULER  # a name in samplers.SAMPLERS the model supports
 
 
 @dataclass
 class EditResult:
     image: PIL.Image.Image  # the edit at the source's size
-    path: Path  # the same as a PNG with the edit's settings in its metadata (the download)
+    path: Path | None  # the same as a PNG with the edit's settings in its metadata (the download);
+    # None when the service has no output folder
     overlay: PIL.Image.Image  # the source with the mask (and any zoomed crops) drawn on it
     depth: PIL.Image.Image | None  # the depth preview (keep_shape only)
     seed: int
@@ -187,7 +185,10 @@ def _eroded(mask: np.ndarray) -> np.ndarray:
 class EditService:
     """One pipeline shared by every request. `run` is serialised by a lock (the app's queue also
     runs one edit at a time); each request draws from its own generator, seeded per request, so
-    results never depend on who else is using the app."""
+    results never depend on who else is using the app.
+
+    output_dir: where `run` writes each result as a PNG (the download); None writes nothing (the
+    caller chooses where files go: the web app gives it a temporary folder)."""
 
     def __init__(self, pipe, model_label: str = "", max_side: int = DEFAULT_MAX_SIDE,
                  output_dir: str | Path | None = None):
@@ -195,11 +196,9 @@ class EditService:
         self.model_label = model_label
         self.max_side = max_side
         self._lock = threading.Lock()
-        if output_dir is None:
-            output_dir = tempfile.mkdtemp(prefix="mimicbrush-app-")
-            weakref.finalize(self, shutil.rmtree, output_dir, True)
-        self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         # the model's own scheduler config: every named scheduler is built from it
         self._model_scheduler_config = pipe.scheduler.config
         self.schedulers = samplers.supported_samplers(self._model_scheduler_config)
@@ -264,17 +263,21 @@ class EditService:
         return loaded
 
     def check_request(self, request: EditRequest) -> None:
-        if not isinstance(request.steps, (int, np.integer)) or not 1 <= request.steps <= MAX_STEPS:
-            raise InputError(f"Steps must be a whole number from 1 to {MAX_STEPS}, got {request.steps!r}.")
-        if not np.isfinite(request.guidance) or not 0 <= request.guidance <= MAX_GUIDANCE:
-            raise InputError(f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {request.guidance!r}.")
-        if request.zoom not in editing.ZOOM_MODES:
-            raise InputError(f"Zoom must be one of {', '.join(editing.ZOOM_MODES)}, got {request.zoom!r}.")
-        if request.seed is not None and request.seed > MAX_SEED:
-            raise InputError(f"The seed must be at most {MAX_SEED}, got {request.seed}.")
-        if request.scheduler not in self.schedulers:
-            raise InputError(f"The scheduler must be one of {', '.join(self.schedulers)} with this model, "
-                             f"got {request.scheduler!r}.")
+        """The shared checks (edit_options) with the app's limits."""
+        steps = int(request.steps) if isinstance(request.steps, np.integer) else request.steps
+        edit_options.check_steps(steps, LIMITS)
+        edit_options.check_guidance(request.guidance, LIMITS)
+        edit_options.check_zoom(request.zoom)
+        edit_options.check_seed(self._chosen_seed(request), LIMITS)
+        edit_options.check_scheduler(request.scheduler, self.schedulers, offered_by=" with this model")
+
+    @staticmethod
+    def _chosen_seed(request: EditRequest) -> int | None:
+        """The request's seed; None when the user asked for a random one (None or negative)."""
+        if request.seed is None:
+            return None
+        seed = int(request.seed) if isinstance(request.seed, np.integer) else request.seed
+        return None if isinstance(seed, int) and seed < 0 else seed
 
     def scheduler(self, name: str):
         """The scheduler called `name`, built once from the model's config."""
@@ -283,9 +286,8 @@ class EditService:
         return self._built_schedulers[name]
 
     def run(self, request: EditRequest, on_step: StepCallback | None = None) -> EditResult:
-        """Validate, edit, and write the result PNG. Raises InputError with a user-facing message."""
-        import torch
-
+        """Validate, edit, and write the result PNG (when the service has an output folder). Raises
+        InputError with a user-facing message."""
         self.check_request(request)
         source = self.load_source(request.source)
         if request.mask is None:
@@ -309,12 +311,10 @@ class EditService:
                 reference = references
                 reference_box = hints if any(hint is not None for hint in hints) else None
             mask01 = imaging.binary_mask(mask_image)
-            calls = 1
-            if request.zoom != "off" or reference_box is not None:
-                calls = len(editing.plan_regions(mask01, zoom=request.zoom))
-            seed = int(request.seed) if request.seed is not None and request.seed >= 0 else secrets.randbelow(2**31)
+            seed = edit_options.edit_seed(self._chosen_seed(request), LIMITS)
             scheduler = self.scheduler(request.scheduler)
-            total = samplers.unet_calls(scheduler, int(request.steps)) * calls  # the callback runs per U-Net call
+            # the callback runs per U-Net call
+            total = edit_options.unet_calls(scheduler, int(request.steps), mask01, request.zoom)
             done = [0]
 
             def step_end(pipe, step, timestep, tensors):
@@ -334,7 +334,7 @@ class EditService:
                     keep_shape=bool(request.keep_shape),
                     num_inference_steps=int(request.steps),
                     guidance_scale=float(request.guidance),
-                    generator=torch.Generator("cpu").manual_seed(seed),
+                    generator=edit_options.generator(seed),
                     zoom=request.zoom,
                     reference_box=reference_box,
                     callback_on_step_end=step_end,
@@ -357,8 +357,10 @@ class EditService:
                if any(hint is not None for hint in hints) else {}),
         }
         image = output.images[0]
-        path = imaging.save_image(image, self.output_dir / f"mimicbrush-{seed}-{uuid.uuid4().hex[:8]}.png",
-                                  metadata=settings)
+        path = None
+        if self.output_dir is not None:
+            path = imaging.save_image(image, self.output_dir / f"mimicbrush-{seed}-{uuid.uuid4().hex[:8]}.png",
+                                      metadata=settings)
         depth = next((depth for depth in output.depth_images if depth is not None), None)
         return EditResult(
             image=image,

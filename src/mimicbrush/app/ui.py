@@ -13,7 +13,7 @@ import gradio as gr
 from ..errors import InputError
 from . import demo_examples as app_examples
 from .service import MAX_GUIDANCE, MAX_STEPS, EditRequest, EditService, box_preview, mask_from_layers
-from .. import imaging, samplers
+from .. import edit_options, imaging, samplers
 
 # Every event that runs the model shares this concurrency group, so the UI and the API queue
 # behind the same single model.
@@ -126,12 +126,12 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
                 keep_shape = gr.Checkbox(label="Keep the original shape (texture transfer)", elem_id="keep-shape")
                 zoom = gr.Checkbox(label="Auto zoom-in on small regions", elem_id="zoom")
             with gr.Accordion("Settings", open=True):
-                steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
+                steps = gr.Slider(1, MAX_STEPS, value=edit_options.DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
                 # only the schedulers that can sample the loaded model (samplers.supported_samplers)
                 scheduler = gr.Dropdown(service.schedulers, value=samplers.DEFAULT_SAMPLER, label="Scheduler",
                                         info="unipc at 12 steps agreed with ddim at 50 to 30 dB or more on "
                                         "the bundled model (docs/performance.md)", elem_id="scheduler")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.5, label="Guidance", elem_id="guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=edit_options.DEFAULT_GUIDANCE, step=0.5, label="Guidance", elem_id="guidance")
                 seed = gr.Number(value=-1, precision=0, minimum=-1, label="Seed (-1: random)", elem_id="seed")
             run = gr.Button("Repaint", variant="primary", elem_id="run")
         with gr.Column(scale=1):

@@ -17,6 +17,7 @@ from ..benchmark.defaults import (
 )
 from .. import samplers
 from ..errors import InputError
+from . import options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +63,7 @@ def _register_run(commands) -> None:
     parser.add_argument("--model", required=True, metavar="PATH_OR_ID")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
-    samplers.add_argument(parser)  # --scheduler
+    options.add_scheduler_argument(parser)
     parser.add_argument("--guidance", type=float, default=PAPER_GUIDANCE)
     parser.add_argument("--seed", type=int, default=PAPER_SEED, help="the same seed for every case (paper: 1)")
     parser.add_argument(

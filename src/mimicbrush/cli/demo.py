@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .. import imaging, samplers
+from . import options
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the results")
     parser.add_argument("--model", help="another model instead of the bundled one")
     parser.add_argument("--steps", type=int, default=20, help="scheduler steps (default 20)")
-    samplers.add_argument(parser)  # --scheduler
+    options.add_scheduler_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--force", action="store_true", help="overwrite existing files in DIR")

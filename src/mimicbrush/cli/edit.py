@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 from pathlib import Path
 
-from .. import __version__, editing, imaging, samplers
+from .. import __version__, edit_options, editing, imaging, samplers
 from ..errors import InputError
+from . import options
 
 
 def register(subparsers) -> None:
@@ -31,15 +31,18 @@ def register(subparsers) -> None:
                         "of `accelerate launch -m mimicbrush edit --batch ...`")
     parser.add_argument("--model", help="release-layout folder, mimicbrush folder, or hub id")
     parser.add_argument("--keep-shape", action="store_true", help="depth shape control (texture transfer)")
-    parser.add_argument("--steps", type=int, default=50, help="scheduler steps (default 50)")
-    samplers.add_argument(parser)  # --scheduler
-    parser.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5.0)")
-    parser.add_argument("--seed", type=int, help="random seed (default: a random one, printed and stored)")
+    parser.add_argument("--steps", type=int, default=edit_options.DEFAULT_STEPS,
+                        help=f"scheduler steps (default {edit_options.DEFAULT_STEPS})")
+    options.add_scheduler_argument(parser)
+    parser.add_argument("--guidance", type=float, default=edit_options.DEFAULT_GUIDANCE,
+                        help=f"guidance scale (default {edit_options.DEFAULT_GUIDANCE})")
+    parser.add_argument("--seed", type=int, help=f"random seed, 0 to {edit_options.MAX_SEED} "
+                        "(default: a random one, printed and stored)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--no-reference", action="store_true",
                         help="the unconditional branch alone (the 'no reference' ablation)")
-    editing.add_arguments(parser)  # --zoom, --zoom-margin, --zoom-threshold, --reference-box
+    options.add_editing_arguments(parser)  # --zoom, --zoom-margin, --zoom-threshold, --reference-box
     parser.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
                         help="keep weights in CPU memory and stream them to the GPU (lower peak memory)")
     parser.add_argument("--compile", action="store_true",
@@ -53,13 +56,16 @@ def register(subparsers) -> None:
 
 
 def zoom_options(args: argparse.Namespace) -> dict:
-    """The pipeline's zoom keywords from editing's command-line options."""
-    options = editing.options_from_args(args)
-    return {"zoom": options["zoom"], "zoom_margin": options["margin"], "zoom_threshold": options["threshold"]}
+    """The pipeline's zoom keywords from the editing options."""
+    chosen = options.editing_options(args)
+    return {"zoom": chosen["zoom"], "zoom_margin": chosen["margin"], "zoom_threshold": chosen["threshold"]}
 
 
 def check_edit_options(args: argparse.Namespace) -> None:
     """The checks one edit's options need before any loading (also each batch row's)."""
+    edit_options.check_steps(args.steps)
+    edit_options.check_guidance(args.guidance)
+    edit_options.check_seed(args.seed)
     references = args.reference or []
     if not references and not args.no_reference:
         raise InputError("--reference is required (or pass --no-reference for the unconditional ablation)")
@@ -90,14 +96,12 @@ def edit_inputs(args: argparse.Namespace) -> dict:
 
 def make_edit(pipe, args: argparse.Namespace, seed: int, inputs: dict | None = None):
     """The pipeline's output for one edit with these options."""
-    import torch
-
     result = pipe(
         **(inputs or edit_inputs(args)),
         keep_shape=args.keep_shape,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        generator=edit_options.generator(seed),
         faithful=args.faithful,
         **zoom_options(args),
     )
@@ -126,7 +130,7 @@ def edit_metadata(args: argparse.Namespace, seed: int, pipe) -> dict:
 
 
 def new_seed(args: argparse.Namespace) -> int:
-    return args.seed if args.seed is not None else secrets.randbelow(2**31)
+    return edit_options.edit_seed(args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
