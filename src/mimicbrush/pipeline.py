@@ -14,7 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from . import editing, imaging, samplers
+from . import edit_options, editing, imaging, samplers
 from .errors import InputError
 from .models.depth import DepthGuider, estimate_depth
 from .models.image_encoder import ImageProjection, penultimate_hidden_states
@@ -166,12 +166,12 @@ class MimicBrushPipeline(DiffusionPipeline):
         mask_image,
         reference_image=None,
         keep_shape: bool = False,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
+        num_inference_steps: int = edit_options.DEFAULT_STEPS,
+        guidance_scale: float = edit_options.DEFAULT_GUIDANCE,
         generator: torch.Generator | None = None,
         faithful: bool = False,
         resolution: int | None = None,
-        zoom: str = "off",
+        zoom: str = edit_options.DEFAULT_ZOOM,
         reference_box=None,
         zoom_margin: float = editing.DEFAULT_ZOOM_MARGIN,
         zoom_threshold: float = editing.DEFAULT_ZOOM_THRESHOLD,
