@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from server_process import stop
 
 pytest.importorskip("gradio", reason="the app extra (gradio) is not installed: pip install -e '.[app]'")
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed (the test extra)")
@@ -73,11 +74,7 @@ def app_url(demo_model, tmp_path_factory):
                 time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout=20)
 
 
 def photo(path: Path, width: int, height: int, seed: int) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from server_process import stop
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "comfyui" / "workflows"
@@ -152,12 +153,7 @@ def comfyui(tmp_path_factory):
         yield {"base": base, "work": work, "log": log, "env": env, "home": home, "system_temp": system_temp,
                "start_seconds": time.perf_counter() - started}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
+        stop(server, timeout=30)
 
 
 def drive(comfyui, plan: list[dict]) -> list[dict]:
