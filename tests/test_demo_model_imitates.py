@@ -11,7 +11,8 @@ carries a reference's global colours, so the learnt reference attention must add
 Two sets: pairs built from scikit-image's bundled photos (a photo and a flipped, re-cropped copy
 of it, an ellipse masked: runs on a fresh clone), and held-out DAVIS/VSPW video pairs of
 `configs/demo-model.yaml`'s `imitation:` section (whole objects masked; needs ../shared).
-Measured values are in the docstrings of the tests. The model shipped before this one (which
+Measured values are in the docstrings of the tests (benchmarks/imitation_margins.py prints them for
+any model folder). The model shipped before this one (which
 filled masks from their surroundings) fails the first test: photo-pair gain 0.025 against
 shuffled 0.018-0.021, inside the margin.
 """
