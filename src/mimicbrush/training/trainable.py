@@ -7,6 +7,22 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
+
+def trainable_roles(configured: Sequence[str], given: bool, components: Mapping[str, nn.Module]) -> tuple[str, ...]:
+    """The roles that train: `train.trainable` as configured (`given`) or by default, where the
+    default adds an SDXL model's pooled projection (new, like the image projection). A role the
+    model lacks is an error."""
+    roles = list(configured)
+    if "pooled_proj" not in components:
+        if "pooled_proj" in roles:
+            raise ConfigError("train.trainable: pooled_proj, but this model has none (an SD-1.5 backbone: only "
+                              "SDXL-shaped U-Nets, addition_embed_type text_time, take a pooled vector)")
+    elif not given and "pooled_proj" not in roles:
+        roles.append("pooled_proj")
+    return tuple(roles)
+
 
 def set_trainable(components: Mapping[str, nn.Module], trainable: Sequence[str]) -> None:
     """Trainable components in train mode with gradients; the others frozen, in eval mode."""
