@@ -4,8 +4,6 @@ resuming equals an uninterrupted run and 2 processes equal 1; the export edits t
 line; each mismatch is refused in one line before training starts."""
 
 import copy
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from mimicbrush.training import load_train_config, train
 from mimicbrush.training.checkpoint import CheckpointStore
 from mimicbrush.training.components import build_components
 from mimicbrush.training.trainer import build_training_model
-from test_train_distributed import FAST_LINEAR_OPTIM, SUBPROCESS_TIMEOUT, environment
+from test_train_distributed import FAST_LINEAR_OPTIM, train_in_two_processes
 from test_train_model import capture_inputs, sample_batch
 from test_train_support import (TINY_MODEL, one_thread, state_of, tiny_document, tiny_xl_model,  # noqa: F401
                                 write_config, write_images)
@@ -192,6 +190,27 @@ def test_sd15_models_take_no_pooled_projection(tmp_path, images):
         build_training_model(load(tmp_path, document))
 
 
+def test_sdxls_vae_stays_float32_under_fp16_mixed_precision(tmp_path, images):
+    """SDXL's VAE overflows in fp16: frozen, it is kept in float32 while the other frozen parts
+    are stored in fp16, and the loss runs it outside autocast (a tiny VAE never overflows, so the
+    dtype is what is checked)."""
+    from mimicbrush.training.trainer import place_on_device
+
+    model = build_training_model(load(tmp_path, xl_document(images, tmp_path / "run")))
+    place_on_device(model.objective, torch.device("cpu"), "fp16")  # as the trainer does
+    assert model.pipeline.vae.dtype == torch.float32 and model.pipeline.image_encoder.dtype == torch.float16
+    seen = []
+    encode = model.pipeline.vae.encode
+    model.pipeline.vae.encode = lambda sample: seen.append((sample.dtype, torch.is_autocast_enabled("cpu"))) \
+        or encode(sample)
+    with torch.autocast("cpu", dtype=torch.float16):
+        model.objective(sample_batch([True, False], [True, False]))
+    assert seen == [(torch.float32, False)]
+    sd15 = build_training_model(load(tmp_path, tiny_document(images, tmp_path / "sd15")))
+    place_on_device(sd15.objective, torch.device("cpu"), "fp16")
+    assert sd15.pipeline.vae.dtype == torch.float16  # SD-1.5 keeps storing its frozen VAE in fp16
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -231,10 +250,7 @@ def test_two_processes_match_one_process_for_an_xl_model(tmp_path, images):
     document = xl_document(images, tmp_path / "ddp", train={"max_steps": 2, "batch_size": 1},
                            optim=FAST_LINEAR_OPTIM, checkpoint={"every_steps": 2})
     config_path = write_config(tmp_path / "ddp.yaml", document)
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "mimicbrush", "train", str(config_path)],
-        env=environment(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    completed = train_in_two_processes(config_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "training on 2 process(es)" in completed.stderr and "pooled_proj" in completed.stderr
 
@@ -248,3 +264,19 @@ def test_two_processes_match_one_process_for_an_xl_model(tmp_path, images):
     two, one = (state_of(tmp_path / run / "model", "pooled_proj")["projector.weight"] for run in ("ddp", "single"))
     assert one.abs().max() > 1e-6
     torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-3 * one.abs().max().item())
+
+
+def test_the_tiny_xl_config_is_the_tiny_config_in_sdxl_shape():
+    """configs/train-tiny-xl.yaml changes the U-Nets (and what trains) and nothing else, so the two
+    tiny runs compare the backbones."""
+    from test_train_support import CONFIGS
+
+    tiny, tiny_xl = (load_train_config(CONFIGS / name, []) for name in ("train-tiny.yaml", "train-tiny-xl.yaml"))
+    assert tiny_xl.data == tiny.data and tiny_xl.optim == tiny.optim and tiny_xl.seed == tiny.seed
+    assert tiny_xl.train.trainable == (*tiny.train.trainable[:3], "pooled_proj", tiny.train.trainable[3])
+    same = ("vae", "image_encoder", "depth_estimator")
+    assert all(tiny_xl.model.components[role].config.items() >= tiny.model.components[role].config.items()
+               for role in same)
+    model = build_training_model(tiny_xl)
+    assert model.pipeline.config.backbone == "sdxl" and model.pipeline.resolution == 64
+    assert model.pipeline.pooled_proj.config.out_features == 32 and "pooled_proj" in model.objective.trainable

@@ -12,13 +12,13 @@ import torch
 from mimicbrush import MimicBrushPipeline
 from mimicbrush.errors import WeightsError
 from mimicbrush.models.reference_attention import reference_block_names
+from test_pipeline import edit, images  # noqa: F401  (2 steps, the box 10,5,40,30, seed 0)
 from test_train_support import one_thread  # noqa: F401
 from tiny_models import XL_POOLED_WIDTH, tiny_pipeline, tiny_xl_components, tiny_xl_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-STEPS = 2
-BOX = "10,5,40,30"
+BOX = "10,5,40,30"  # test_pipeline.edit's
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,10 @@ def pipe():
 
 
 @pytest.fixture(scope="module")
-def images():
-    rng = np.random.default_rng(0)
-    source = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    references = [rng.integers(0, 256, (50, 30, 3), dtype=np.uint8) for _ in range(2)]
-    return source, references
-
-
-def edit(pipe, source, reference, **kwargs):
-    kwargs = {"num_inference_steps": STEPS, "generator": torch.Generator().manual_seed(0), **kwargs}
-    return pipe(source_image=source, mask_image=BOX, reference_image=reference, **kwargs)
+def sources(images):
+    """The source and two references."""
+    source, reference, other = images
+    return source, [reference, other]
 
 
 def record_calls(module, seen: list):
@@ -51,7 +45,7 @@ def test_the_backbone_follows_the_imitative_unet(pipe):
     assert sd15.config.backbone == "sd15" and sd15.pooled_proj is None
 
 
-def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, images):
+def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, sources):
     """Layers of different depth have different widths and inputs: the bank of each imitative
     layer must be the input of the reference layer with its own name."""
     names = reference_block_names(pipe.unet)
@@ -70,7 +64,7 @@ def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, images)
     read = {}
     hooks.append(pipe.unet.register_forward_pre_hook(lambda *_: read.update(pipe.bank.features)))
     try:
-        source, references = images
+        source, references = sources
         edit(pipe, source, references[0], num_inference_steps=1)
     finally:
         for hook in hooks:
@@ -80,11 +74,11 @@ def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, images)
         assert read[name] is written[name], name
 
 
-def test_added_conditions_reach_both_unets_as_data(pipe, images):
+def test_added_conditions_reach_both_unets_as_data(pipe, sources):
     """Each row's pooled vector (the mean of its references'; the unconditional row that of the
     all-zero encoder input) and (R, R, 0, 0, R, R) at the edit's resolution; the reference U-Net
     gets each reference's own pooled vector."""
-    source, references = images
+    source, references = sources
     unet_calls, reference_calls = [], []
     hooks = [record_calls(pipe.unet, unet_calls), record_calls(pipe.reference_unet, reference_calls)]
     try:
@@ -107,8 +101,8 @@ def test_added_conditions_reach_both_unets_as_data(pipe, images):
     torch.testing.assert_close(reference_added["time_ids"], expected_ids)
 
 
-def test_the_pooled_vector_and_time_ids_change_the_edit(pipe, images):
-    source, references = images
+def test_the_pooled_vector_changes_the_edit(pipe, sources):
+    source, references = sources
     baseline = np.asarray(edit(pipe, source, references[0]).model_images[0])
     weight = pipe.pooled_proj.projector.weight
     saved = weight.detach().clone()
@@ -122,8 +116,8 @@ def test_the_pooled_vector_and_time_ids_change_the_edit(pipe, images):
     assert np.abs(baseline.astype(int) - flipped).max() > 0
 
 
-def test_saved_xl_model_reloads_and_edits_the_same_pixels(pipe, images, tmp_path):
-    source, references = images
+def test_saved_xl_model_reloads_and_edits_the_same_pixels(pipe, sources, tmp_path):
+    source, references = sources
     pipe.save_pretrained(tmp_path / "xl", safe_serialization=True)
     index = json.loads((tmp_path / "xl" / "model_index.json").read_text())
     assert index["backbone"] == "sdxl" and index["pooled_proj"] == ["mimicbrush.models.image_encoder", "PooledProjection"]

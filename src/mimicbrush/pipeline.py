@@ -384,13 +384,18 @@ class MimicBrushPipeline(DiffusionPipeline):
             self._constant_outputs[key] = compute()
         return self._constant_outputs[key]
 
+    @property
+    def vae_needs_float32(self) -> bool:
+        """SDXL's VAE overflows in float16 (its config says `force_upcast`), so it runs in float32
+        there, as in diffusers' SDXL pipelines. An SD-1.5 model keeps the release's float16 VAE
+        (diffusers' SD pipelines ignore the flag too)."""
+        return self.config.backbone == backbones.SDXL and bool(getattr(self.vae.config, "force_upcast", False))
+
     @contextmanager
     def vae_precision(self):
-        """Run the VAE in float32 where its config says `force_upcast` and it is stored in float16
-        (SDXL's VAE overflows in float16), then cast it back, as diffusers' SDXL pipelines do. An
-        SD-1.5 model keeps the release's float16 VAE (diffusers' SD pipelines ignore the flag too)."""
-        upcast = (self.config.backbone == backbones.SDXL and self.vae.dtype == torch.float16
-                  and getattr(self.vae.config, "force_upcast", False))
+        """The VAE in float32 while it runs where it is stored in float16 and `vae_needs_float32`,
+        cast back after."""
+        upcast = self.vae_needs_float32 and self.vae.dtype == torch.float16
         if upcast:
             self.vae.to(dtype=torch.float32)
         try:

@@ -97,10 +97,16 @@ class MimicBrushObjective(nn.Module):
         self.reference_timestep = pipeline.config.reference_timestep
         self.noise_scheduler = pipeline.scheduler.__class__.from_config(pipeline.scheduler.config)
         self.resolution = pipeline.resolution
+        self.vae_in_float32 = pipeline.vae_needs_float32  # SDXL's VAE: never under fp16 autocast
 
     def _grad(self, role: str):
         """Frozen components run without building a graph."""
         return nullcontext() if role in self.trainable else torch.no_grad()
+
+    def _vae_autocast(self, device: torch.device):
+        """Mixed precision's autocast off for a VAE that overflows in float16 (SDXL's): it runs in
+        the dtype it is stored in, float32 (the trainer keeps it so)."""
+        return torch.autocast(device.type, enabled=False) if self.vae_in_float32 else nullcontext()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         self.bank.record_logits = self.correspondence_weight > 0 and "source_to_reference" in batch
@@ -133,7 +139,7 @@ class MimicBrushObjective(nn.Module):
 
         # one VAE pass for source, collage (masked region black) and reference
         collage = torch.where(mask > 0.5, torch.full_like(source, -1.0), source)
-        with self._grad("vae"):
+        with self._grad("vae"), self._vae_autocast(source.device):
             posterior = parts["vae"].encode(torch.cat([source, collage, reference]).to(parts["vae"].dtype)).latent_dist
         posterior_noise = batch["posterior_noise"].transpose(0, 1).reshape(3 * batch_size, *noise.shape[1:])
         scale = parts["vae"].config.scaling_factor

@@ -186,13 +186,7 @@ class Trainer:
         return path
 
     def _place_on_device(self) -> None:
-        """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones
-        are stored in the half dtype to save memory."""
-        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.train.mixed_precision)
-        for role, module in self.objective.parts.items():
-            module.to(self.accelerator.device)
-            if half is not None and role not in self.objective.trainable:
-                module.to(dtype=half)
+        place_on_device(self.objective, self.accelerator.device, self.config.train.mixed_precision)
         if self.config.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.objective.trainable.values())
 
@@ -379,6 +373,18 @@ class Trainer:
             imaging.save_image(Image.fromarray(grid), self.config.output_dir / "samples" / f"step-{self.step:08d}.png",
                                metadata={"step": self.step}, force=True)
         accelerator.wait_for_everyone()
+
+
+def place_on_device(objective: MimicBrushObjective, device: torch.device, mixed_precision: str) -> None:
+    """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones are
+    stored in the half dtype to save memory, but for SDXL's VAE under fp16, which overflows there
+    (the loss runs it in float32, outside autocast)."""
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    for role, module in objective.parts.items():
+        module.to(device)
+        upcast = role == "vae" and half == torch.float16 and objective.vae_in_float32
+        if half is not None and role not in objective.trainable and not upcast:
+            module.to(dtype=half)
 
 
 def make_accelerator(config: TrainConfig):
