@@ -4,6 +4,7 @@ U-Nets as data, the VAE runs in fp32 where its config says force_upcast, and an 
 saves, loads and edits like any other."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -27,6 +28,19 @@ def pipe():
 
 
 @pytest.fixture(scope="module")
+def sd15_pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def saved(pipe, tmp_path_factory):
+    """The XL pipeline saved as a model folder."""
+    folder = tmp_path_factory.mktemp("saved") / "xl"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def sources(images):
     """The source and two references."""
     source, reference, other = images
@@ -38,11 +52,10 @@ def record_calls(module, seen: list):
     return module.register_forward_pre_hook(lambda _, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
 
 
-def test_the_backbone_follows_the_imitative_unet(pipe):
+def test_the_backbone_follows_the_imitative_unet(pipe, sd15_pipe):
     assert pipe.config.backbone == "sdxl" and pipe.resolution == 32
     assert pipe.pooled_proj.config.out_features == XL_POOLED_WIDTH
-    sd15 = tiny_pipeline()
-    assert sd15.config.backbone == "sd15" and sd15.pooled_proj is None
+    assert sd15_pipe.config.backbone == "sd15" and sd15_pipe.pooled_proj is None
 
 
 def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, sources):
@@ -116,12 +129,11 @@ def test_the_pooled_vector_changes_the_edit(pipe, sources):
     assert np.abs(baseline.astype(int) - flipped).max() > 0
 
 
-def test_saved_xl_model_reloads_and_edits_the_same_pixels(pipe, sources, tmp_path):
+def test_saved_xl_model_reloads_and_edits_the_same_pixels(pipe, sources, saved):
     source, references = sources
-    pipe.save_pretrained(tmp_path / "xl", safe_serialization=True)
-    index = json.loads((tmp_path / "xl" / "model_index.json").read_text())
+    index = json.loads((saved / "model_index.json").read_text())
     assert index["backbone"] == "sdxl" and index["pooled_proj"] == ["mimicbrush.models.image_encoder", "PooledProjection"]
-    loaded = MimicBrushPipeline.from_pretrained(tmp_path / "xl")
+    loaded = MimicBrushPipeline.from_pretrained(saved)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.backbone == "sdxl"
     first = np.asarray(edit(pipe, source, references[0]).images[0])
@@ -133,8 +145,8 @@ def test_saved_xl_model_reloads_and_edits_the_same_pixels(pipe, sources, tmp_pat
     assert np.abs(first[5:30, 10:40].astype(int) - source[5:30, 10:40]).mean() > 5
 
 
-def test_a_folder_whose_backbone_contradicts_its_unet_is_refused(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "xl", safe_serialization=True)
+def test_a_folder_whose_backbone_contradicts_its_unet_is_refused(saved, tmp_path):
+    shutil.copytree(saved, tmp_path / "xl")
     index_path = tmp_path / "xl" / "model_index.json"
     index = json.loads(index_path.read_text())
     index_path.write_text(json.dumps({**index, "backbone": "sd15"}))
@@ -146,10 +158,9 @@ def test_a_folder_whose_backbone_contradicts_its_unet_is_refused(pipe, tmp_path)
         MimicBrushPipeline.from_pretrained(tmp_path / "xl")
 
 
-def test_an_sd15_reference_unet_with_an_xl_unet_is_refused():
+def test_an_sd15_reference_unet_with_an_xl_unet_is_refused(sd15_pipe):
     components = tiny_xl_components()
-    sd15 = tiny_pipeline()
-    components["reference_unet"] = sd15.reference_unet
+    components["reference_unet"] = sd15_pipe.reference_unet
     with pytest.raises(WeightsError, match="^reference_unet: addition_embed_type None, but the imitative U-Net has "
                                            "text_time, projection_class_embeddings_input_dim 64"):
         MimicBrushPipeline(**components)
@@ -160,23 +171,32 @@ def test_an_sd15_reference_unet_with_an_xl_unet_is_refused():
     (False, "sdxl", torch.float16),
     (True, "sd15", torch.float16),  # SD-1.5 keeps the release's fp16 VAE, as diffusers' SD pipelines do
 ])
-def test_the_vae_runs_in_fp32_where_force_upcast_says_so(force_upcast, backbone, expected):
-    """A tiny random VAE never overflows, so the dtype it runs in is what is checked."""
-    pipe = (tiny_xl_pipeline() if backbone == "sdxl" else tiny_pipeline()).to(dtype=torch.float16)
-    pipe.vae.register_to_config(force_upcast=force_upcast)
+def test_the_vae_runs_in_fp32_where_force_upcast_says_so(pipe, sd15_pipe, force_upcast, backbone, expected):
+    """The edit's VAE encode (posterior sample) and decode with the VAE stored in fp16. A tiny
+    random VAE never overflows, so the dtype it runs in is what is checked."""
+    model = pipe if backbone == "sdxl" else sd15_pipe
+    vae, stated = model.vae, model.vae.config.force_upcast
     seen = []
     for method in ("encode", "decode"):
-        original = getattr(pipe.vae, method)
+        original = getattr(vae, method)
 
         def record(sample, *args, original=original, method=method, **kwargs):
-            seen.append((method, sample.dtype, pipe.vae.dtype))
+            seen.append((method, sample.dtype, vae.dtype))
             return original(sample, *args, **kwargs)
 
-        setattr(pipe.vae, method, record)
-    rng = np.random.default_rng(1)
-    output = pipe(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "4,4,20,20",
-                  rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), num_inference_steps=1)
-    assert {method for method, _, _ in seen} == {"encode", "decode"}
+        setattr(vae, method, record)
+    vae.register_to_config(force_upcast=force_upcast)
+    vae.to(dtype=torch.float16)
+    try:
+        pixels = np.random.default_rng(1).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+        with torch.no_grad():  # as in the pipeline's __call__
+            latents = model._posterior_sample(pixels, torch.Generator().manual_seed(0))
+            image = model.decode_latents(latents)
+        assert vae.dtype == torch.float16  # cast back after each use
+    finally:
+        del vae.encode, vae.decode
+        vae.register_to_config(force_upcast=stated)
+        vae.to(dtype=torch.float32)
+    assert [method for method, _, _ in seen] == ["encode", "decode"]
     assert all(sample == expected and weights == expected for _, sample, weights in seen), seen
-    assert pipe.vae.dtype == torch.float16  # cast back after each use
-    assert np.isfinite(np.asarray(output.model_images[0], dtype=float)).all()
+    assert image.shape == (32, 32, 3) and torch.isfinite(latents).all()

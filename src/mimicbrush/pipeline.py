@@ -396,13 +396,14 @@ class MimicBrushPipeline(DiffusionPipeline):
         """The VAE in float32 while it runs where it is stored in float16 and `vae_needs_float32`,
         cast back after."""
         upcast = self.vae_needs_float32 and self.vae.dtype == torch.float16
+        # nn.Module's cast: diffusers' ModelMixin.to warns on every dtype cast (0.42)
         if upcast:
-            self.vae.to(dtype=torch.float32)
+            nn.Module.to(self.vae, dtype=torch.float32)
         try:
             yield
         finally:
             if upcast:
-                self.vae.to(dtype=torch.float16)
+                nn.Module.to(self.vae, dtype=torch.float16)
 
     def _posterior_sample(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
         """Scaled VAE posterior sample; the noise is drawn in float32 from `generator` on the CPU
