@@ -117,7 +117,8 @@ def run_queue(base: str, pid: int, args) -> dict:
     interrupted_at = running_since = None
     while len(finished) < len(ids):
         queue = request(base, "/queue")
-        running = [item[1] for item in queue.get("queue_running", [])]
+        # a queue item is a list (number, prompt_id, …) upstream, a dict with "prompt_id" in the fork
+        running = [item["prompt_id"] if isinstance(item, dict) else item[1] for item in queue["queue_running"]]
         if interrupted_at is None and ids[middle] in running:
             running_since = running_since or time.perf_counter()
             if time.perf_counter() - running_since >= args.interrupt_after:
