@@ -103,6 +103,11 @@ def start_server(python: str, work: Path, env: dict, timeout: float = 300):
             time.sleep(0.5)
 
 
+def event_name(message) -> str:
+    """A /history status message's event: [event, data] upstream, "event" or "event: text" in the fork."""
+    return message[0] if isinstance(message, list) else message.split(":", 1)[0]
+
+
 def run_queue(base: str, pid: int, args) -> dict:
     template = json.loads(WORKFLOW.read_text())
     middle = args.prompts // 2  # 0-based: the one stopped
@@ -124,15 +129,14 @@ def run_queue(base: str, pid: int, args) -> dict:
             if time.perf_counter() - running_since >= args.interrupt_after:
                 request(base, "/interrupt", {})
                 interrupted_at = time.perf_counter()
+        history = request(base, "/history", timeout=60)
         for prompt_id in ids:
-            if prompt_id in finished:
+            entry = history.get(prompt_id)
+            if prompt_id in finished or not entry or entry.get("status", {}).get("completed") is None:
                 continue
-            entry = request(base, f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None:
-                events = [message[0] for message in entry["status"].get("messages", [])]
-                finished[prompt_id] = {"index": ids.index(prompt_id), "status": entry["status"].get("status_str"),
-                                       "events": events, "at_s": time.perf_counter() - queued_at,
-                                       "rss_mb": tree_rss_mb(pid)}
+            finished[prompt_id] = {"index": ids.index(prompt_id), "status": entry["status"].get("status_str"),
+                                   "events": [event_name(message) for message in entry["status"].get("messages", [])],
+                                   "at_s": time.perf_counter() - queued_at, "rss_mb": tree_rss_mb(pid)}
         if time.perf_counter() - queued_at > args.timeout:
             raise SystemExit(f"the queue did not finish within {args.timeout} s ({len(finished)} done)")
         time.sleep(0.1)
