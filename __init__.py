@@ -48,6 +48,10 @@ def _check_requirements() -> None:
         raise ImportError(f"MimicBrush nodes: {', '.join(missing)} missing from ComfyUI's Python: run "
                           f"`python -m pip install -r requirements.txt` in {FOLDER} with ComfyUI's Python "
                           "(ComfyUI-Manager does this when it installs the pack)")
+
+
+def _warn_on_old_torch() -> None:
+    """The requirements leave ComfyUI's torch as it is: say so once if it is older than tested."""
     try:
         torch_version = tuple(int(part) for part in importlib.metadata.version("torch").split(".")[:2])
     except (importlib.metadata.PackageNotFoundError, ValueError):
@@ -77,6 +81,7 @@ def _import_package(this_module):
     how = "installed in ComfyUI's Python"
     if spec is None:
         _check_requirements()
+        _warn_on_old_torch()
         spec = importlib.util.spec_from_file_location(PACKAGE, OWN_COPY / "__init__.py",
                                                       submodule_search_locations=[str(OWN_COPY)])
         how = "this folder's copy"

@@ -60,7 +60,7 @@ def test_torch_bound_of_the_pack_is_pyprojects():
 # pack, stays). "fresh" hides the installed mimicbrush (editable finder, sys.path entry) as a
 # Python without it would be.
 LOADERS = r'''
-import importlib, importlib.machinery, importlib.util, io, json, logging, sys
+import importlib, importlib.machinery, importlib.metadata, importlib.util, io, json, logging, sys
 from pathlib import Path
 
 import torch
@@ -91,6 +91,9 @@ def hide_installed():
 def run(scenario, folder):
     if scenario.startswith("fresh"):
         hide_installed()
+    if scenario == "fresh-old-torch":  # what an older ComfyUI's torch reports
+        real_version = importlib.metadata.version
+        importlib.metadata.version = lambda name: "2.4.1" if name == "torch" else real_version(name)
     path_before = list(sys.path)
     result = {}
     try:
@@ -119,7 +122,7 @@ def run(scenario, folder):
     return result
 
 results = {}
-path, meta_path = list(sys.path), list(sys.meta_path)
+path, meta_path, version = list(sys.path), list(sys.meta_path), importlib.metadata.version
 for scenario, folder in json.loads(sys.argv[1]):
     results[scenario] = run(scenario, Path(folder))
     results[scenario]["log"] = log.getvalue()
@@ -127,6 +130,7 @@ for scenario, folder in json.loads(sys.argv[1]):
     for name in [name for name in sys.modules if name.split(".")[0] == "mimicbrush" or "custom_nodes" in name]:
         del sys.modules[name]
     sys.path[:], sys.meta_path[:] = path, meta_path
+    importlib.metadata.version = version
     importlib.invalidate_caches()
 print(json.dumps(results))
 '''
@@ -151,7 +155,8 @@ def loaded(tmp_path_factory) -> dict:
     shutil.copytree(folder, broken)
     with open(broken / "requirements.txt", "a") as requirements:
         requirements.write("mimicbrush-absent-dependency>=1\n")
-    plan = [(scenario, str(folder)) for scenario in SCENARIOS] + [("fresh-missing-requirement", str(broken))]
+    plan = [(scenario, str(folder)) for scenario in SCENARIOS + ["fresh-old-torch"]]
+    plan += [("fresh-missing-requirement", str(broken))]
     result = subprocess.run([sys.executable, "-c", LOADERS, json.dumps(plan)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,3 +195,11 @@ def test_missing_requirements_are_one_clear_line(loaded):
     assert result["import_error"].startswith("MimicBrush nodes: mimicbrush-absent-dependency missing from "
                                              "ComfyUI's Python: run `python -m pip install -r requirements.txt`")
     assert result["left_behind"] == []
+
+
+def test_an_older_torch_is_left_alone_with_a_warning(loaded):
+    result = loaded["fresh-old-torch"]
+    assert result["nodes"] == NODES
+    assert ("MimicBrush nodes: tested with torch >= 2.11; this ComfyUI has torch 2.4.1, left as it is"
+            in result["log"])
+    assert "tested with torch" not in loaded["fresh-upstream"]["log"]
