@@ -741,9 +741,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {entry['status']} | {entry.get('seconds', '')} | {entry['cap_s']} | {note[:200]} |")
     lines += ["", f"| section | measurement | time | {memory_label} | notes |", "| --- | --- | --- | --- | --- |"]
     for name, entry in report["sections"].items():
-        for row in ROWS[name](entry.get("result", {})):
-            lines.append("| " + " | ".join([name, *(str(cell) for cell in row)]) + " |")
+        try:
+            rows = ROWS[name](entry.get("result", {}))
+        except (KeyError, TypeError, ValueError, StopIteration) as error:  # a result cut short
+            rows = [["(part of the result)", "", "", f"not tabulated ({one_line(error)}): see gpu-check.json"]]
+        lines += ["| " + " | ".join([name, *(str(cell) for cell in row)]) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _row(label: str, entry: dict, cells: Callable[[dict], list[str]]) -> list[str]:
+    """One measurement's table row, or what stopped it."""
+    if "error" in entry:
+        return [label, "", "", f"error: {entry['error']}"]
+    if "skipped" in entry:
+        return [label, "", "", f"skipped: {entry['skipped']}"]
+    return [label, *cells(entry)]
 
 
 def _gib(entry: dict) -> str:
@@ -758,21 +770,23 @@ def _timing(entry: dict) -> str:
 def _parity_rows(result: dict) -> list[list[str]]:
     rows = []
     applies = result.get("kit_verdict_applies")
+
+    def device_vs_cpu(case: dict) -> list[str]:
+        largest = case["fp32_device_vs_cpu"]["largest"] or {}
+        kit = case["kit_compare"]["device_fp32"]
+        verdict = ("kit: within tolerance" if kit.get("within_tolerance") else
+                   f"kit: outside for {', '.join(kit.get('outside', [])) or kit.get('error', '?')}")
+        return ["", "", f"largest: {largest.get('array')} {largest.get('max_abs', 0):.3g} "
+                        f"({largest.get('relative_to_its_max', 0):.2g} of its max); "
+                        f"{verdict}{'' if applies else ' (does not apply here)'}"]
+
     for name, case in result.get("cases", {}).items():
         if "fp32_device_vs_cpu" in case:
-            largest = case["fp32_device_vs_cpu"]["largest"] or {}
-            kit = case["kit_compare"]["device_fp32"]
-            verdict = ("kit: within tolerance" if kit.get("within_tolerance") else
-                       f"kit: outside for {', '.join(kit.get('outside', [])) or kit.get('error', '?')}")
-            rows.append([f"{name} fp32: device vs CPU", "", "",
-                         f"largest: {largest.get('array')} {largest.get('max_abs', 0):.3g} "
-                         f"({largest.get('relative_to_its_max', 0):.2g} of its max); "
-                         f"{verdict}{'' if applies else ' (does not apply here)'}"])
+            rows.append(_row(f"{name} fp32: device vs CPU", case, device_vs_cpu))
         for label in ("fp16", "bf16"):
             if f"{label}_vs_fp32" in case:
-                half = case[f"{label}_vs_fp32"]
-                rows.append([f"{name} {label} vs fp32", "", "",
-                             f"PSNR {half['psnr_db']} dB, max {half['max_level_diff']} levels (model output)"])
+                rows.append(_row(f"{name} {label} vs fp32", case[f"{label}_vs_fp32"], lambda half: [
+                    "", "", f"PSNR {half['psnr_db']} dB, max {half['max_level_diff']} levels (model output)"]))
     return rows
 
 
@@ -780,58 +794,58 @@ def _speed_rows(result: dict) -> list[list[str]]:
     rows = []
     if "matmul_peak" in result:
         peak = result["matmul_peak"]
-        rows.append([f"{peak['side']}³ {peak['dtype']} matrix product", f"{peak['median_ms']} ms", "", f"{peak['tflops']} TFLOP/s"])
-    for mode, entry in result.get("modes", {}).items():
-        if "error" in entry:
-            rows.append([mode, "", "", entry["error"]])
-            continue
-        note = f"{entry['ratio_to_floor']}× the floor ({entry['floor_ms_per_step']} ms / step)"
+        rows.append([f"{peak['side']}³ {peak['dtype']} matrix product", f"{peak['median_ms']} ms", "",
+                     f"{peak['tflops']} TFLOP/s"])
+
+    def cells(entry: dict) -> list[str]:
+        note = (f"{entry['ratio_to_floor']}× the floor ({entry['floor_ms_per_step']} ms / step)"
+                if "ratio_to_floor" in entry else "no floor (fast's FLOPs were not counted)")
         if "first_edit_s" in entry:
             note += f"; first edit {entry['first_edit_s']} s ({entry['backend']})"
-        rows.append([f"{mode}, {result['steps']} steps at {result['resolution']}²", _timing(entry), _gib(entry), note])
+        return [_timing(entry), _gib(entry), note]
+
+    for mode, entry in result.get("modes", {}).items():
+        rows.append(_row(f"{mode}, {result['steps']} steps at {result['resolution']}²", entry, cells))
     return rows
 
 
 def _fewer_steps_rows(result: dict) -> list[list[str]]:
-    return [[label, f"{entry['median_s_per_edit']:.3f} s / edit, {entry['ms_per_step']:.1f} ms / step", "",
-             f"{entry['time_vs_ddim']} of ddim's time"] for label, entry in result.get("schedulers", {}).items()]
+    return [_row(label, entry, lambda entry: [_timing(entry), "", f"{entry['time_vs_ddim']} of ddim's time"])
+            for label, entry in result.get("schedulers", {}).items()]
 
 
 def _memory_rows(result: dict) -> list[list[str]]:
-    rows = []
-    for mode, entry in result.get("modes", {}).items():
-        if "skipped" in entry:
-            rows.append([f"offload {mode}", "", "", f"skipped: {entry['skipped']}"])
-            continue
-        estimate = next((value for key, value in entry.items() if key.startswith("estimated_s_per_")), None)
-        rows.append([f"offload {mode} ({entry['steps']} steps)", _timing(entry), _gib(entry),
-                     f"about {estimate} s for the full edit (outside the loop + steps × per step)"])
-    return rows
+    def cells(entry: dict) -> list[str]:
+        estimate = next(value for key, value in entry.items() if key.startswith("estimated_s_per_"))
+        return [_timing(entry), _gib(entry),
+                f"{entry['steps']} steps timed; about {estimate} s for the full edit (outside the loop + steps × per step)"]
+
+    return [_row(f"offload {mode}", entry, cells) for mode, entry in result.get("modes", {}).items()]
 
 
 def _batch_rows(result: dict) -> list[list[str]]:
-    if "s_per_edit_after_first" not in result:
-        return [[f"{result.get('edits', '?')} edits", "", "", result.get("error", "")]] if result else []
-    return [[f"edit --batch, {result['edits']} edits of {result['steps']} steps",
-             f"{result['s_per_edit_after_first']} s / edit after the first", "",
-             f"{result['edits_per_minute']} edits / min; first written at {result['first_edit_done_s']} s "
-             f"(process start and model load); {result['wall_s']} s in all"]]
+    if not result:
+        return []
+    return [_row(f"edit --batch, {result.get('edits')} edits of {result.get('steps')} steps", result, lambda result: [
+        f"{result['s_per_edit_after_first']} s / edit after the first", "",
+        f"{result['edits_per_minute']} edits / min; first written at {result['first_edit_done_s']} s "
+        f"(process start and model load); {result['wall_s']} s in all"])]
 
 
 def _training_rows(result: dict) -> list[list[str]]:
-    rows = []
-    for label, entry in result.get("configurations", {}).items():
-        if entry.get("outcome") == "ran":
-            rows.append([label, f"{entry['s_per_step']} s / step ({entry['samples_per_s']} samples / s)", _gib(entry), ""])
-        elif "outcome" in entry:
-            rows.append([label, "", _gib(entry), entry["outcome"]])
-    return rows
+    def cells(entry: dict) -> list[str]:
+        if entry["outcome"] != "ran":
+            return ["", _gib(entry), entry["outcome"]]
+        return [f"{entry['s_per_step']} s / step ({entry['samples_per_s']} samples / s)", _gib(entry), ""]
+
+    return [_row(label, entry, cells) for label, entry in result.get("configurations", {}).items()]
 
 
 def _xl_rows(result: dict) -> list[list[str]]:
     if "fast" not in result:
         return []
-    return [[f"fast, {result['steps']} steps at {result['resolution']}²", _timing(result["fast"]), _gib(result["fast"]), ""]]
+    return [_row(f"fast, {result['steps']} steps at {result['resolution']}²", result["fast"],
+                 lambda entry: [_timing(entry), _gib(entry), ""])]
 
 
 ROWS = {"parity": _parity_rows, "speed": _speed_rows, "fewer-steps": _fewer_steps_rows, "memory": _memory_rows,
