@@ -134,3 +134,23 @@ def test_an_earlier_report_is_kept_without_force(gpu_check, tmp_path, capsys):
     assert gpu_check.main(["--rehearse", "-o", str(tmp_path), "--only", "xl"]) == 2
     assert "already exists (pass --force" in capsys.readouterr().err
     assert (tmp_path / "gpu-check.json").read_text() == "{}\n"
+
+
+def test_item_errors_and_results_cut_short_reach_the_tables(gpu_check):
+    """What a GPU run can leave behind: one scheduler failed, the memory section stopped mid-way."""
+    import torch
+
+    report = {"environment": gpu_check.environment(torch.device("cpu"), True), "started": "now", "command": "c",
+              "sections": {
+                  "fewer-steps": {"status": "error", "cap_s": 40, "seconds": 3.0, "result": {"schedulers": {
+                      "ddim 50": {"scheduler": "ddim", "steps": 50, "median_s_per_edit": 0.8, "ms_per_step": 15.0,
+                                  "time_vs_ddim": 1.0},
+                      "eulerx 8": {"error": "InputError: unknown scheduler 'eulerx'"}}}},
+                  "memory": {"status": "timed out", "cap_s": 75, "seconds": 75.0,
+                             "result": {"modes": {"model": {"median_s_per_edit": 9.0}}}}}}
+    assert gpu_check.item_errors(report["sections"]["fewer-steps"]["result"]) == [
+        "schedulers.eulerx 8: InputError: unknown scheduler 'eulerx'"]
+    table = gpu_check.markdown(report)
+    assert "| fewer-steps | ddim 50 | 0.800 s / edit, 15.0 ms / step |  | 1.0 of ddim's time |" in table
+    assert "| fewer-steps | eulerx 8 |  |  | error: InputError: unknown scheduler 'eulerx' |" in table
+    assert "| memory | (part of the result) |  |  | not tabulated (" in table
