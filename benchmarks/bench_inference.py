@@ -72,7 +72,8 @@ EAGER_VARIANTS = {"faithful": (True, None), "fast": (False, None), "fast-t0": (F
 def build_components(size: dict) -> dict:
     def unet(in_channels: int) -> UNet2DConditionModel:
         return UNet2DConditionModel(
-            in_channels=in_channels, block_out_channels=size["unet_widths"], layers_per_block=size.get("unet_layers", 2),
+            in_channels=in_channels, block_out_channels=size["unet_widths"],
+            layers_per_block=size.get("unet_layers", 2),
             cross_attention_dim=size["context"], attention_head_dim=size["heads"],
             sample_size=size["resolution"] // 8,
         )
