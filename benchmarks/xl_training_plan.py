@@ -191,10 +191,9 @@ class GpuKernelPolicy(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None and len(args) == 3:
             query, key, value = (self._cast(t, torch.bfloat16) for t in args)
-            output = torch.ops.aten._scaled_dot_product_flash_attention(
+            return torch.ops.aten._scaled_dot_product_flash_attention(
                 query, key, value, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False),
                 scale=kwargs.get("scale"))[0]
-            return output
         if self.autocast and func in self.LOWER:
             args, kwargs = self._cast(args, torch.bfloat16), {k: self._cast(v, torch.bfloat16) for k, v in kwargs.items()}
         elif self.autocast and func in self.FLOAT32:
