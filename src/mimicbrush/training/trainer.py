@@ -28,7 +28,7 @@ from .batches import DataFeed, DataPosition, TrainingSamples
 from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weights, use_unwrapped_weights
 from .components import COMPONENT_ROLES, build_components
 from .config import OptimConfig, TrainConfig
-from .export import data_record, export_pipeline
+from .export import export_trained
 from .imitation import ImitationProbe, check_held_out, flatten_for_log
 from .objective import DrawSettings, MimicBrushObjective, batch_to_device
 from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
@@ -94,8 +94,7 @@ def export_checkpoint(config: TrainConfig, checkpoint: str | None) -> Path:
     load_weights(model.objective, path / WEIGHTS_FILE)
     if config.train.ema_decay and (path / EMA_FILE).is_file():  # the run's own exports are the average too
         load_average_into(model.objective, path / EMA_FILE)
-    return export_pipeline(model.pipeline, config.output_dir / f"model-step-{state.step:08d}", config.export.dtype,
-                           data_record(config))
+    return export_trained(model.pipeline, config, config.output_dir / f"model-step-{state.step:08d}")
 
 
 def run_copy_of_config(config: TrainConfig) -> str:
@@ -286,7 +285,7 @@ class Trainer:
         target = config.output_dir / "model"
         if accelerator.is_main_process:
             with self._evaluated_weights():
-                export_pipeline(self.pipeline, target, config.export.dtype, data_record(config))
+                export_trained(self.pipeline, config, target)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return target
