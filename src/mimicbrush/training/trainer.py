@@ -57,6 +57,19 @@ def build_training_model(config: TrainConfig) -> TrainingModel:
     return TrainingModel(pipeline, objective)
 
 
+def place_for_training(objective: MimicBrushObjective, device: torch.device, mixed_precision: str,
+                       gradient_checkpointing: bool) -> None:
+    """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones are
+    stored in the half dtype to save memory."""
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    for role, module in objective.parts.items():
+        module.to(device)
+        if half is not None and role not in objective.trainable:
+            module.to(dtype=half)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(objective.trainable.values())
+
+
 def model_fingerprint(config: TrainConfig) -> dict:
     """What a checkpoint's weights belong to; resuming or exporting with another is an error."""
     return {"model": config.document.get("model"), "trainable": list(config.train.trainable)}
@@ -183,15 +196,9 @@ class Trainer:
         return path
 
     def _place_on_device(self) -> None:
-        """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones
-        are stored in the half dtype to save memory."""
-        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.train.mixed_precision)
-        for role, module in self.objective.parts.items():
-            module.to(self.accelerator.device)
-            if half is not None and role not in self.objective.trainable:
-                module.to(dtype=half)
-        if self.config.train.gradient_checkpointing:
-            enable_gradient_checkpointing(self.objective.trainable.values())
+        train = self.config.train
+        place_for_training(self.objective, self.accelerator.device, train.mixed_precision,
+                           train.gradient_checkpointing)
 
     def _latent_shape(self) -> tuple[int, int, int]:
         side = self.config.data.resolution // self.pipeline.vae_scale_factor
