@@ -49,7 +49,7 @@ PAGE_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 600  # one edit through the page, on a CPU that may be shared
 ACE_SCRIPT = "https://cdn.jsdelivr.net/npm/ace-builds@*/src-noconflict/ace.js"
 ACE_STAND_IN = "window.ace = {config: {set() {}}};"
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT = {"width": 1600, "height": 1000}  # fit to view, the graph shows at >= 60 %: below it the page drops text
 # The tank's box in motorcycle-tank's mask is x 330-499, y 140-259: strokes inside it (image pixels)
 MASK_STROKES = [((355, y), (475, y)) for y in range(165, 240, 20)]
 BRUSH_RADIUS = 20
@@ -175,7 +175,12 @@ def open_workflow(tab, path: Path) -> None:
 
 
 def graph_as_shown(tab) -> dict:
-    return tab.evaluate(f"""() => {{
+    """The graph as the page serializes it, once the loaders show their images (the page enlarges
+    a node to fit its preview)."""
+    tab.wait_for_function(f"""() => {APP}.graph.nodes.filter(n => n.type.startsWith('LoadImage'))
+                                    .every(n => n.imgs?.[0]?.naturalWidth > 0)""")
+    return tab.evaluate(f"""async () => {{
+        await new Promise(drawn => requestAnimationFrame(() => requestAnimationFrame(drawn)));
         const graph = {APP}.graph.serialize();
         return {{nodes: graph.nodes.map(n => ({{id: n.id, type: n.type, widgets_values: n.widgets_values,
                                                pos: [...n.pos], size: [...n.size]}})),
