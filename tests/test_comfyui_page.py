@@ -23,7 +23,7 @@ for ever. The test is offline, so Chromium's request for that script gets a stan
 `window.ace` (the eval nodes, off without --enable-eval, are all that use it), and every other
 outside request is refused. docs/comfyui.md, "The page", has the measured figures.
 
-Screenshots: MIMICBRUSH_COMFYUI_SCREENSHOTS=DIR keeps one per run there (and one on failure);
+Screenshots: MIMICBRUSH_COMFYUI_SCREENSHOTS=DIR keeps one per run there (and one if the page fails to load);
 timings go to stdout (pytest -s).
 """
 
