@@ -194,10 +194,10 @@ def test_sdxls_vae_stays_float32_under_fp16_mixed_precision(tmp_path, images):
     """SDXL's VAE overflows in fp16: frozen, it is kept in float32 while the other frozen parts
     are stored in fp16, and the loss runs it outside autocast (a tiny VAE never overflows, so the
     dtype is what is checked)."""
-    from mimicbrush.training.trainer import place_on_device
+    from mimicbrush.training.trainer import place_for_training
 
     model = build_training_model(load(tmp_path, xl_document(images, tmp_path / "run")))
-    place_on_device(model.objective, torch.device("cpu"), "fp16")  # as the trainer does
+    place_for_training(model.objective, torch.device("cpu"), "fp16", False)  # as the trainer does
     assert model.pipeline.vae.dtype == torch.float32 and model.pipeline.image_encoder.dtype == torch.float16
     seen = []
     encode = model.pipeline.vae.encode
@@ -207,7 +207,7 @@ def test_sdxls_vae_stays_float32_under_fp16_mixed_precision(tmp_path, images):
         model.objective(sample_batch([True, False], [True, False]))
     assert seen == [(torch.float32, False)]
     sd15 = build_training_model(load(tmp_path, tiny_document(images, tmp_path / "sd15")))
-    place_on_device(sd15.objective, torch.device("cpu"), "fp16")
+    place_for_training(sd15.objective, torch.device("cpu"), "fp16", False)
     assert sd15.pipeline.vae.dtype == torch.float16  # SD-1.5 keeps storing its frozen VAE in fp16
 
 

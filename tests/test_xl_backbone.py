@@ -5,6 +5,7 @@ saves, loads and edits like any other."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from mimicbrush import MimicBrushPipeline
 from mimicbrush.errors import WeightsError
-from mimicbrush.models.reference_attention import reference_block_names
+from mimicbrush.models.reference_attention import ReferenceReadProcessor, reference_block_names
 from test_pipeline import edit, images  # noqa: F401  (2 steps, the box 10,5,40,30, seed 0)
 from test_train_support import one_thread  # noqa: F401
 from tiny_models import XL_POOLED_WIDTH, tiny_pipeline, tiny_xl_components, tiny_xl_pipeline
@@ -20,6 +21,7 @@ from tiny_models import XL_POOLED_WIDTH, tiny_pipeline, tiny_xl_components, tiny
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BOX = "10,5,40,30"  # test_pipeline.edit's
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,34 @@ def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, sources
     assert set(read) == set(names)
     for name in names:
         assert read[name] is written[name], name
+
+
+def test_sdxl_sized_unets_pair_their_46_layers_by_name():
+    """SDXL's own U-Net configs (benchmarks/bench_inference.py's, on the meta device): 46 of their
+    70 self-attention layers take part, up to 10 per block, each reader with its namesake."""
+    import importlib.util
+
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from mimicbrush.models.reference_attention import (ReferenceBank, ReferenceWriteProcessor,
+                                                       attach_reference_attention)
+
+    spec = importlib.util.spec_from_file_location("bench_inference", BENCHMARKS / "bench_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with init_empty_weights():
+        unet, reference = (UNet2DConditionModel(in_channels=channels, **bench.XL_SIZES["full"]["unet"])
+                           for channels in (13, 4))
+    attach_reference_attention(reference, unet, ReferenceBank())
+    readers = [name for name, processor in unet.attn_processors.items() if isinstance(processor, ReferenceReadProcessor)]
+    writers = {name: processor for name, processor in reference.attn_processors.items()
+               if isinstance(processor, ReferenceWriteProcessor)}
+    assert len(readers) == 46 and sum(name.endswith("attn1.processor") for name in unet.attn_processors) == 70
+    assert sorted(readers) == sorted(writers)
+    assert all(writers[name].name == name.removesuffix(".processor") for name in writers)
+    assert max(sum(name.startswith(f"{block}.attentions.{index}.") for name in readers)
+               for block in ("mid_block", "up_blocks.0", "up_blocks.1") for index in range(3)) == 10
 
 
 def test_added_conditions_reach_both_unets_as_data(pipe, sources):

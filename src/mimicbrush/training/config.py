@@ -23,7 +23,8 @@ from ..errors import ConfigError
 from ..loading import DTYPES
 from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec, pretrained_conflict
 
-DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "depth_guider")
+# pooled_proj: an SDXL model's pooled projection; an SD-1.5 model has none, and trains the rest
+DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "pooled_proj", "depth_guider")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names, kept in the scheduler config
@@ -120,6 +121,7 @@ class ImitationConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     dtype: str = "fp32"
+    data_licence: str | None = None  # the training data's licence, for the model card (a Hub licence id)
 
 
 @dataclass(frozen=True)
@@ -389,7 +391,8 @@ def _imitation(section: Section) -> ImitationConfig:
 
 
 def _export(section: Section) -> ExportConfig:
-    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)))
+    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)),
+                          data_licence=section.string("data_licence", None, optional=True))
     section.finish()
     return config
 
