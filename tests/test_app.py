@@ -209,11 +209,14 @@ def test_a_service_without_an_output_folder_writes_no_file(monkeypatch, tmp_path
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a stray temp file would land
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)  # Gradio's cache: the temp dir's gradio/
     service = EditService(tiny_pipeline(), model_label="tiny", max_side=512)
     result = service.run(box_request())
     assert result.path is None and result.image.size == (96, 64)
     assert list(tmp_path.iterdir()) == []
     from mimicbrush.app import build_app
 
-    build_app(service, with_examples=False)  # the app chooses a temporary folder for its downloads
-    assert service.output_dir is not None and service.output_dir.parent == tmp_path
+    # the app chooses a temporary folder for its downloads, inside Gradio's cache (served from
+    # there, not copied into it)
+    build_app(service, with_examples=False)
+    assert service.output_dir is not None and service.output_dir.parent == (tmp_path / "gradio").resolve()
