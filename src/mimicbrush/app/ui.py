@@ -231,10 +231,7 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
                    f"guidance {outcome.settings['guidance']:g}")
         if outcome.settings["keep_shape"]:
             caption += ", shape kept"
-        # the session keeps its newest HISTORY_LIMIT files (results.py), but Gradio's day-old sweep
-        # may have taken an older one: a missing file would fail the whole update
-        past = [(str(outcome.path), caption)] + [entry for entry in past or [] if Path(entry[0]).exists()]
-        past = past[:HISTORY_LIMIT]
+        past = updated_history(past, str(outcome.path), caption)
         return (
             str(outcome.path),
             gr.DownloadButton(value=str(outcome.path), visible=True),
@@ -259,6 +256,14 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
 
     if examples_dir is not None:
         add_examples(examples_dir, [source, box, mask_file, reference, reference_box, keep_shape, zoom])
+
+
+def updated_history(past: list | None, path: str, caption: str) -> list:
+    """The session's history with the newest result first, HISTORY_LIMIT long. The session keeps
+    that many result files (results.py), but Gradio's day-old sweep may have taken an older one:
+    a missing file would fail the whole update, so it leaves the history."""
+    kept = [entry for entry in past or [] if Path(entry[0]).exists()]
+    return [(path, caption), *kept][:HISTORY_LIMIT]
 
 
 def end_sessions(demo: gr.Blocks, service: EditService) -> None:
