@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -47,6 +48,7 @@ def load_benchmark():
     """benchmarks/load.py: the same server and load code the documented figures come from."""
     spec = importlib.util.spec_from_file_location("load_benchmark", LOAD_SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -240,6 +242,8 @@ def browser_page(app_url: str, failure_shot: str, wrong_password_first: bool = F
                 assert page.locator("#run").count() == 0  # still the login page, nothing of the app
             log_in(page, *LOGIN)
             page.wait_for_selector("#run", timeout=60_000)
+            page.goto(app_url)  # a fresh load with the session's cookie: the page as a returning user gets it
+            page.wait_for_selector("#run", timeout=60_000)
             yield page
         except Exception:
             page.screenshot(path=str(artifacts_dir() / failure_shot), full_page=True)
@@ -310,6 +314,14 @@ def test_browser_paint_run_download(app_url, tmp_path):
         page.wait_for_timeout(1000)
         result_path = run_and_download(page, steps=2, seed=11, path=tmp_path / "result.png")
         page.screenshot(path=str(shots / "app-edit.png"), full_page=True)
+
+        # who is logged in, and the way out: back to the login page
+        assert page.locator("#account-user").inner_text().strip() == f"Logged in as {LOGIN[0]}"
+        page.locator("#logout").click()
+        page.get_by_role("button", name="Login").wait_for(timeout=30_000)
+        page.goto(app_url)  # the session is gone: a reload asks again
+        page.get_by_role("button", name="Login").wait_for(timeout=30_000)
+        assert page.locator("#run").count() == 0
 
     # the brush's radius is the editor's choice ("auto": a fraction of the image), so allow a
     # generous band around the stroke; far from it nothing may change, and inside it something must

@@ -90,6 +90,7 @@ def uploaded_mask(path: str, size: tuple[int, int], max_side: int) -> np.ndarray
 def build_ui(service: EditService, examples_dir: str | None = None) -> None:
     """Add the editor page to the current gr.Blocks."""
     gr.Markdown(INTRO)
+    add_account_bar()
     history_state = gr.State([])
     source_array = gr.State(None)  # the source as uploaded, for drawing a box on it
     corner_state = gr.State(None)  # first corner of a box being drawn
@@ -256,6 +257,20 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
 
     if examples_dir is not None:
         add_examples(examples_dir, [source, box, mask_file, reference, reference_box, keep_shape, zoom])
+
+
+def add_account_bar() -> None:
+    """With a login (launch's auth), who is logged in and a way out: on a shared workstation the
+    next person should not edit as the last one. Hidden without a login."""
+    with gr.Row(visible=False, elem_id="account") as bar:
+        who = gr.Markdown(elem_id="account-user")
+        gr.Button("Log out", link="logout", size="sm", scale=0, elem_id="logout")
+
+    def on_load(request: gr.Request):
+        user = request.username
+        return gr.Row(visible=user is not None), f"Logged in as **{user}**" if user else ""
+
+    gr.on(None, on_load, None, [bar, who], api_visibility="private", queue=False, show_progress="hidden")
 
 
 def updated_history(past: list | None, path: str, caption: str) -> list:
