@@ -74,6 +74,8 @@ def app(demo_model, load, tmp_path_factory):
             yield running
     except RuntimeError as error:  # it did not start: the log says why
         pytest.fail(str(error))
+    # stopped with SIGTERM, as a service manager does: the results folder went with it
+    assert not list((folder / "gradio").glob("mimicbrush-results-*")), (folder / "app.log").read_text()[-2000:]
 
 
 @pytest.fixture(scope="module")

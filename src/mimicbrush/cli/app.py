@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import socket
 import sys
 import time
@@ -73,14 +74,22 @@ def run(args: argparse.Namespace) -> int:
     launch(demo, host=args.host, port=args.port, auth=accounts, quiet=True, prevent_thread_lock=True)
     print(demo.local_url, flush=True)  # the result: where the app is
     print("serving; press Ctrl+C to stop", file=sys.stderr, flush=True)
+    # a service manager stops with SIGTERM: clean up as for Ctrl+C (Gradio's cache files, the
+    # results folder), which the default handler would skip
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         while demo.is_running:
             time.sleep(0.2)
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         demo.close()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _logins(args: argparse.Namespace) -> list[tuple[str, str]]:
