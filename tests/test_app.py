@@ -248,18 +248,6 @@ def test_result_files_keep_the_newest_per_session_and_in_all_and_go_with_their_s
     assert files.files() == [tmp_path / "c1.png"]
 
 
-def test_the_service_keeps_each_sessions_newest_results(service, tmp_path):
-    from mimicbrush.app.results import ResultFiles
-
-    bounded = EditService(service.pipe, model_label="tiny", max_side=512, output_dir=tmp_path,
-                          results=ResultFiles(per_session=1))
-    first = bounded.run(box_request(seed=1), session="a")
-    other = bounded.run(box_request(seed=2), session="b")
-    newest = bounded.run(box_request(seed=3), session="a")
-    assert not first.path.exists() and other.path.exists() and newest.path.exists()
-    assert bounded.results.files("a") == [newest.path]
-
-
 def test_history_drops_files_that_are_gone(tmp_path):
     from mimicbrush.app.ui import HISTORY_LIMIT, updated_history
 
@@ -329,7 +317,8 @@ def free_port() -> int:
 @pytest.fixture
 def launched(monkeypatch):
     """Runs `mimicbrush app` with the tiny model up to Gradio's launch, which is recorded instead
-    of serving: [(demo, launch's keyword arguments)]."""
+    of serving: [(demo, launch's keyword arguments)]. (What launch passes to Gradio comes from
+    the demo: its `mimicbrush_auth`.)"""
     import mimicbrush.app as app
 
     calls = []
@@ -352,8 +341,9 @@ def test_a_network_host_needs_a_login_or_no_auth(launched, capsys, tmp_path):
 
     assert main(["app", "--model", "x", "--host", "0.0.0.0", "--port", port, "--no-auth", "--max-queue", "3",
                  "--no-examples"]) == 0
-    demo, options = launched[-1]
-    assert options["auth"] == [] and demo._queue.max_size == 3
+    demo, _ = launched[-1]
+    assert demo.mimicbrush_auth is None and demo._queue.max_size == 3
+    assert not any(c.get("props", {}).get("elem_id") == "logout" for c in demo.config["components"])
     assert "notice: serving on 0.0.0.0: anyone who can reach this machine can use the app" in capsys.readouterr().err
 
 
@@ -365,8 +355,9 @@ def test_logins_reach_gradio_and_the_start_line_says_so_without_passwords(launch
     logins.chmod(0o644)
     assert main(["app", "--model", "x", "--host", "0.0.0.0", "--port", str(free_port()), "--auth-file", str(logins),
                  "--auth", "bob:swordfish", "--no-examples"]) == 0
-    demo, options = launched[-1]
-    assert options["auth"] == [("alice", "hunter2"), ("bob", "swordfish")] and demo._queue.max_size == 64
+    demo, _ = launched[-1]
+    assert demo.mimicbrush_auth == [("alice", "hunter2"), ("bob", "swordfish")] and demo._queue.max_size == 64
+    assert any(c.get("props", {}).get("elem_id") == "logout" for c in demo.config["components"])
     output = capsys.readouterr()
     assert "hunter2" not in output.err + output.out and "swordfish" not in output.err + output.out
     assert f"notice: --auth-file {logins} can be read by other users of this machine (chmod 600 it)" in output.err

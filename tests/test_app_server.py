@@ -236,6 +236,11 @@ def browser_page(app_url: str, failure_shot: str, wrong_password_first: bool = F
     with sync_api.sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+        problems = []  # what the page logged as errors, and failed requests: printed on failure
+        page.on("console", lambda message: problems.append(f"console: {message.text[:300]}")
+                if message.type == "error" else None)
+        page.on("response", lambda response: problems.append(f"{response.status} {response.url[:200]}")
+                if response.status >= 400 else None)
         try:
             page.goto(app_url)
             if wrong_password_first:
@@ -244,14 +249,29 @@ def browser_page(app_url: str, failure_shot: str, wrong_password_first: bool = F
                 assert page.locator("#run").count() == 0  # still the login page, nothing of the app
             log_in(page, *LOGIN)
             page.wait_for_selector("#run", timeout=60_000)
-            page.goto(app_url)  # a fresh load with the session's cookie: the page as a returning user gets it
-            page.wait_for_selector("#run", timeout=60_000)
             yield page
         except Exception:
             page.screenshot(path=str(artifacts_dir() / failure_shot), full_page=True)
+            print("the page's errors:", *problems, sep="\n  ")
             raise
         finally:
             browser.close()
+
+
+def upload_to_editor(page, elem_id: str, path: Path, attempts: int = 3) -> None:
+    """Upload `path` into the image editor `elem_id` and wait until it shows it. The page may
+    still be mounting its components when #run appears (seen on a loaded machine right after the
+    login's reload): a file given to the input then is never uploaded, so it is given again."""
+    placeholder = page.locator(f"#{elem_id}").get_by_text("Upload an image")
+    for attempt in range(1, attempts + 1):
+        page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+        try:
+            placeholder.wait_for(state="hidden", timeout=10_000)
+            page.wait_for_timeout(500)  # the editor sizes its canvas to the image
+            return
+        except Exception:
+            if attempt == attempts:
+                raise
 
 
 def assert_edited_only_near(result: np.ndarray, source: np.ndarray, box, margin: int) -> None:
@@ -305,15 +325,13 @@ def test_browser_paint_run_download(app_url, tmp_path):
     shots = artifacts_dir()
     with browser_page(app_url, "app-failure.png", wrong_password_first=True) as page:
         # an empty mask is refused with a clear message
-        page.locator("#source input[type=file]").set_input_files(str(source))
-        page.wait_for_timeout(1500)
+        upload_to_editor(page, "source", source)
         page.locator("#run").click()
         page.get_by_text("The mask is empty").first.wait_for(timeout=30_000)
 
         stroke = [(90, 70), (150, 90)]
         paint_stroke(page, (width, height), stroke)
-        page.locator("#reference input[type=file]").set_input_files(str(reference))
-        page.wait_for_timeout(1000)
+        upload_to_editor(page, "reference", reference)
         result_path = run_and_download(page, steps=2, seed=11, path=tmp_path / "result.png")
         page.screenshot(path=str(shots / "app-edit.png"), full_page=True)
 

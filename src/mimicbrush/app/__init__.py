@@ -8,8 +8,8 @@
     demo_examples.py  the bundled examples (mimicbrush.examples) as files for the page
 
     from mimicbrush.app import build_app, launch
-    demo = build_app(EditService.load("mimicbrush-fp16"))
-    launch(demo, host="127.0.0.1", port=7860, auth=[("alice", "secret")])
+    demo = build_app(EditService.load("mimicbrush-fp16"), auth=[("alice", "secret")])
+    launch(demo, host="127.0.0.1", port=7860)
 
 Gradio is an optional dependency (`pip install mimicbrush[app]`); only this package imports it.
 """
@@ -35,11 +35,15 @@ CACHE_SWEEP = (3600, 24 * 3600)
 
 
 def build_app(service: EditService, *, max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE,
-              with_examples: bool = True, examples_dir: str | Path | None = None, queue_size: int = QUEUE_SIZE):
+              with_examples: bool = True, examples_dir: str | Path | None = None, queue_size: int = QUEUE_SIZE,
+              auth: list[tuple[str, str]] | None = None):
     """The gr.Blocks app (queue enabled, one edit at a time, at most `queue_size` waiting) around
-    a loaded EditService. A service without an output folder gets a temporary one inside Gradio's
-    cache (removed with the service), so Gradio serves each result from there instead of copying
-    it; the service's `results` bound the files in it, and a session's go when it ends."""
+    a loaded EditService. With `auth` [(user, password), ...] `launch` serves it behind Gradio's
+    login (the page and the API alike) and the page has a Log out button.
+
+    A service without an output folder gets a temporary one inside Gradio's cache (removed with
+    the service), so Gradio serves each result from there instead of copying it; the service's
+    `results` bound the files in it, and a session's go when it ends."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -53,26 +57,27 @@ def build_app(service: EditService, *, max_file_size: str | int | None = DEFAULT
             weakref.finalize(service, shutil.rmtree, str(service.output_dir), True)
         if with_examples and examples_dir is None:
             examples_dir = service.output_dir / "examples"
-        build_ui(service, str(examples_dir) if with_examples else None)
+        build_ui(service, str(examples_dir) if with_examples else None, with_logout=bool(auth))
         build_api(service, max_file_size)
         end_sessions(demo, service)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.mimicbrush_service = service
     demo.mimicbrush_max_file_size = max_file_size
+    demo.mimicbrush_auth = list(auth) if auth else None
     demo.mimicbrush_css = CSS
     return demo
 
 
-def launch(demo, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None, **kwargs):
-    """Serve `demo` (from build_app) on host:port; with `auth` [(user, password), ...] the page
-    and the API both need a login (Gradio's). kwargs go to gr.Blocks.launch."""
+def launch(demo, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+    """Serve `demo` (from build_app) on host:port, behind a login if build_app was given `auth`;
+    kwargs go to gr.Blocks.launch."""
     from .ui import offline_theme
 
     service = demo.mimicbrush_service
     return demo.launch(
         server_name=host,
         server_port=port,
-        auth=auth or None,
+        auth=demo.mimicbrush_auth,
         max_file_size=demo.mimicbrush_max_file_size,
         allowed_paths=[str(service.output_dir)],
         show_error=True,

@@ -87,10 +87,12 @@ def uploaded_mask(path: str, size: tuple[int, int], max_side: int) -> np.ndarray
         raise
 
 
-def build_ui(service: EditService, examples_dir: str | None = None) -> None:
-    """Add the editor page to the current gr.Blocks."""
+def build_ui(service: EditService, examples_dir: str | None = None, with_logout: bool = False) -> None:
+    """Add the editor page to the current gr.Blocks (for an app behind a login, with who is logged
+    in and a Log out button: on a shared workstation the next person should not edit as the last)."""
     gr.Markdown(INTRO)
-    add_account_bar()
+    if with_logout:
+        add_account_bar()
     history_state = gr.State([])
     source_array = gr.State(None)  # the source as uploaded, for drawing a box on it
     corner_state = gr.State(None)  # first corner of a box being drawn
@@ -260,17 +262,16 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
 
 
 def add_account_bar() -> None:
-    """With a login (launch's auth), who is logged in and a way out: on a shared workstation the
-    next person should not edit as the last one. Hidden without a login."""
-    with gr.Row(visible=False, elem_id="account") as bar:
-        who = gr.Markdown(elem_id="account-user")
-        gr.Button("Log out", link="logout", size="sm", scale=0, elem_id="logout")
+    """Who is logged in (Gradio's request.username, filled in when the page loads) and a Log out
+    link, for an app behind a login."""
+    with gr.Row(equal_height=False, elem_id="account"):
+        user = gr.Markdown(elem_id="account-user")
+        gr.Button("Log out", link="logout", size="sm", scale=0, min_width=90, elem_id="logout")
 
-    def on_load(request: gr.Request):
-        user = request.username
-        return gr.Row(visible=user is not None), f"Logged in as **{user}**" if user else ""
+    def who(request: gr.Request) -> str:
+        return f"Logged in as **{request.username}**"
 
-    gr.on(None, on_load, None, [bar, who], api_visibility="private", queue=False, show_progress="hidden")
+    gr.on(None, who, None, user, api_visibility="private", queue=False, show_progress="hidden")
 
 
 def updated_history(past: list | None, path: str, caption: str) -> list:

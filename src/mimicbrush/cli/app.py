@@ -67,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
     service = EditService.load(args.model, device=args.device, dtype=args.dtype, offload=args.offload,
                                max_side=args.max_side or DEFAULT_MAX_SIDE)
     demo = build_app(service, max_file_size=args.max_file_size or DEFAULT_MAX_FILE_SIZE,
-                     with_examples=not args.no_examples, queue_size=args.max_queue or QUEUE_SIZE)
+                     with_examples=not args.no_examples, queue_size=args.max_queue or QUEUE_SIZE, auth=accounts)
     notice = _access_notice(args.host, accounts)
     if notice:
         print(f"notice: {notice}", file=sys.stderr)
-    launch(demo, host=args.host, port=args.port, auth=accounts, quiet=True, prevent_thread_lock=True)
+    launch(demo, host=args.host, port=args.port, quiet=True, prevent_thread_lock=True)
     print(demo.local_url, flush=True)  # the result: where the app is
     print("serving; press Ctrl+C to stop", file=sys.stderr, flush=True)
     # a service manager stops with SIGTERM: clean up as for Ctrl+C (Gradio's cache files, the
