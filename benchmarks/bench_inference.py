@@ -26,6 +26,7 @@ tell the counts apart), and each count's ratio to the first.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import platform
@@ -59,13 +60,20 @@ SIZES = {
     # same structure, narrow: for a CPU run in minutes
     "small": dict(unet_widths=(32, 64, 128, 128), heads=4, context=128, vae_widths=(32, 64, 64, 64),
                   vae_layers=1, clip=(256, 4, 4, 512), depth=(192, 4, [48, 96, 192, 192], 32), resolution=256),
+    # narrower still, one layer per U-Net block, at 64²: the CPU rehearsal of benchmarks/gpu_check.py
+    # (under a second per edit, and half the graph for its compile to capture)
+    "tiny": dict(unet_widths=(32, 32, 64, 64), unet_layers=1, heads=2, context=32, vae_widths=(32, 32, 32, 32),
+                 vae_layers=1, clip=(64, 2, 2, 128), depth=(64, 3, [16, 32, 64, 64], 16), resolution=64),
 }
+# the modes that share one eager pipeline: name -> (faithful flag, reference timestep of the model's kind)
+EAGER_VARIANTS = {"faithful": (True, None), "fast": (False, None), "fast-t0": (False, 0)}
 
 
 def build_components(size: dict) -> dict:
     def unet(in_channels: int) -> UNet2DConditionModel:
         return UNet2DConditionModel(
-            in_channels=in_channels, block_out_channels=size["unet_widths"], layers_per_block=2,
+            in_channels=in_channels, block_out_channels=size["unet_widths"],
+            layers_per_block=size.get("unet_layers", 2),
             cross_attention_dim=size["context"], attention_head_dim=size["heads"],
             sample_size=size["resolution"] // 8,
         )
@@ -136,6 +144,20 @@ def configured_pipeline(config_path: str, device: torch.device, dtype: torch.dty
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def sdxl_backbone_available() -> bool:
+    """Whether this package has the SDXL backbone (its pipeline then takes the pooled projection,
+    `pooled_proj`, that SDXL's added conditions need)."""
+    return "pooled_proj" in inspect.signature(MimicBrushPipeline.__init__).parameters
+
+
+def random_xl_pipeline(size: str, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
+    """A pipeline with the SDXL backbone and random weights, as `random_pipeline` builds the SD-1.5
+    one: size "full" (SDXL's U-Nets, for 1024² edits) or "tiny" (gpu_check's CPU rehearsal).
+    benchmarks/gpu_check.py's `xl` section calls this once `sdxl_backbone_available()`."""
+    raise NotImplementedError("bench_inference has no SDXL shapes yet: add them to SIZES and build the "
+                              "pipeline here, as random_pipeline does for SD-1.5")
 
 
 @contextmanager
@@ -357,8 +379,7 @@ def main(argv=None) -> int:
         del report["results"]
         return write_report(report, args.output)
     # faithful, fast and fast-t0 share the pipeline and differ by a flag or the model's kind: timed interleaved
-    eager_variants = {"faithful": (True, None), "fast": (False, None), "fast-t0": (False, 0)}
-    eager = {mode: eager_variants[mode] for mode in modes if mode in eager_variants}
+    eager = {mode: EAGER_VARIANTS[mode] for mode in modes if mode in EAGER_VARIANTS}
     for mode in eager:
         report["results"][mode] = {}
     for resolution in resolutions:

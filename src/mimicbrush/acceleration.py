@@ -36,9 +36,9 @@ class CompiledForward:
     """A module's forward through torch.compile, falling back to eager (with one warning) when
     compilation fails, e.g. without a C++ compiler or Triton."""
 
-    def __init__(self, module: nn.Module, mode: str | None):
+    def __init__(self, module: nn.Module, mode: str | None, backend: str = "inductor"):
         self.eager = module.forward
-        self.compiled = torch.compile(module.forward, mode=mode, dynamic=False)
+        self.compiled = torch.compile(module.forward, mode=mode, backend=backend, dynamic=False)
         self.failed = False
 
     def __call__(self, *args, **kwargs):
@@ -52,13 +52,14 @@ class CompiledForward:
         return self.eager(*args, **kwargs)
 
 
-def compile_unets(pipe, mode: str | None = None) -> None:
+def compile_unets(pipe, mode: str | None = None, backend: str = "inductor") -> None:
     """Compile both U-Nets (static shapes). On CUDA the default mode replays CUDA graphs, which
     removes the launch overhead that dominates an eager SD-1.5 step. The reference U-Net then runs
-    to its end: an early exit would break the graph."""
+    to its end: an early exit would break the graph. `backend="eager"` captures the graphs without
+    generating code (gpu_check's CPU rehearsal: dynamo's path in seconds, not minutes)."""
     if mode is None:
         mode = "reduce-overhead" if pipe.unet.device.type == "cuda" else "default"
     for unet in (pipe.unet, pipe.reference_unet):
         unet.to(memory_format=torch.channels_last)
-        unet.forward = CompiledForward(unet, mode)
+        unet.forward = CompiledForward(unet, mode, backend)
     pipe.reference_unet_runs_to_end = True

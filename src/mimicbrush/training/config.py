@@ -120,6 +120,7 @@ class ImitationConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     dtype: str = "fp32"
+    data_licence: str | None = None  # the training data's licence, for the model card (a Hub licence id)
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,8 @@ def _imitation(section: Section) -> ImitationConfig:
 
 
 def _export(section: Section) -> ExportConfig:
-    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)))
+    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)),
+                          data_licence=section.string("data_licence", None, optional=True))
     section.finish()
     return config
 

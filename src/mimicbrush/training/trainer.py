@@ -28,7 +28,7 @@ from .batches import DataFeed, DataPosition, TrainingSamples
 from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weights, use_unwrapped_weights
 from .components import COMPONENT_ROLES, build_components
 from .config import OptimConfig, TrainConfig
-from .export import data_record, export_pipeline
+from .export import export_trained
 from .imitation import ImitationProbe, check_held_out, flatten_for_log
 from .objective import DrawSettings, MimicBrushObjective, batch_to_device
 from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
@@ -57,6 +57,19 @@ def build_training_model(config: TrainConfig) -> TrainingModel:
     return TrainingModel(pipeline, objective)
 
 
+def place_for_training(objective: MimicBrushObjective, device: torch.device, mixed_precision: str,
+                       gradient_checkpointing: bool) -> None:
+    """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones are
+    stored in the half dtype to save memory."""
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    for role, module in objective.parts.items():
+        module.to(device)
+        if half is not None and role not in objective.trainable:
+            module.to(dtype=half)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(objective.trainable.values())
+
+
 def model_fingerprint(config: TrainConfig) -> dict:
     """What a checkpoint's weights belong to; resuming or exporting with another is an error."""
     return {"model": config.document.get("model"), "trainable": list(config.train.trainable)}
@@ -81,8 +94,7 @@ def export_checkpoint(config: TrainConfig, checkpoint: str | None) -> Path:
     load_weights(model.objective, path / WEIGHTS_FILE)
     if config.train.ema_decay and (path / EMA_FILE).is_file():  # the run's own exports are the average too
         load_average_into(model.objective, path / EMA_FILE)
-    return export_pipeline(model.pipeline, config.output_dir / f"model-step-{state.step:08d}", config.export.dtype,
-                           data_record(config))
+    return export_trained(model.pipeline, config, config.output_dir / f"model-step-{state.step:08d}")
 
 
 def run_copy_of_config(config: TrainConfig) -> str:
@@ -184,15 +196,9 @@ class Trainer:
         return path
 
     def _place_on_device(self) -> None:
-        """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones
-        are stored in the half dtype to save memory."""
-        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.train.mixed_precision)
-        for role, module in self.objective.parts.items():
-            module.to(self.accelerator.device)
-            if half is not None and role not in self.objective.trainable:
-                module.to(dtype=half)
-        if self.config.train.gradient_checkpointing:
-            enable_gradient_checkpointing(self.objective.trainable.values())
+        train = self.config.train
+        place_for_training(self.objective, self.accelerator.device, train.mixed_precision,
+                           train.gradient_checkpointing)
 
     def _latent_shape(self) -> tuple[int, int, int]:
         side = self.config.data.resolution // self.pipeline.vae_scale_factor
@@ -279,7 +285,7 @@ class Trainer:
         target = config.output_dir / "model"
         if accelerator.is_main_process:
             with self._evaluated_weights():
-                export_pipeline(self.pipeline, target, config.export.dtype, data_record(config))
+                export_trained(self.pipeline, config, target)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return target
