@@ -258,20 +258,15 @@ def browser_page(app_url: str, failure_shot: str, wrong_password_first: bool = F
             browser.close()
 
 
-def upload_to_editor(page, elem_id: str, path: Path, attempts: int = 3) -> None:
-    """Upload `path` into the image editor `elem_id` and wait until it shows it. The page may
-    still be mounting its components when #run appears (seen on a loaded machine right after the
-    login's reload): a file given to the input then is never uploaded, so it is given again."""
-    placeholder = page.locator(f"#{elem_id}").get_by_text("Upload an image")
-    for attempt in range(1, attempts + 1):
-        page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
-        try:
-            placeholder.wait_for(state="hidden", timeout=10_000)
-            page.wait_for_timeout(500)  # the editor sizes its canvas to the image
-            return
-        except Exception:
-            if attempt == attempts:
-                raise
+def upload_to_editor(page, elem_id: str, path: Path) -> None:
+    """Upload `path` into the image editor `elem_id` and wait until it shows it. The editor sets
+    up its canvas after the page shows #run (about a second later here, after the login's reload),
+    and a file given before that is never uploaded: so first wait for the canvas (without the wait,
+    2 to 4 of 6 uploads right after a login were lost on this machine; with it, 8 of 8 landed)."""
+    page.locator(f"#{elem_id} canvas").first.wait_for(state="attached", timeout=60_000)
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    page.locator(f"#{elem_id}").get_by_text("Upload an image").wait_for(state="hidden", timeout=30_000)
+    page.wait_for_timeout(500)  # the editor sizes its canvas to the image
 
 
 def assert_edited_only_near(result: np.ndarray, source: np.ndarray, box, margin: int) -> None:
