@@ -21,7 +21,7 @@ Sections, in this order, each under its own time cap and all under --budget seco
   training     SD-1.5-sized U-Nets in the trainer's objective under bf16 autocast, batch 1, 4 and 8,
                without and with gradient checkpointing: seconds per step and peak memory (running
                out of memory at a size is a result)
-  xl           a 1024² fp16 edit with the SDXL backbone, once the package has one
+  xl           a 1024² fp16 edit with the SDXL backbone (random weights)
 
 `--rehearse` runs every section at tiny sizes on the CPU, in the same code: the check cannot rot
 between the rare GPU lendings (CI runs it: tests/test_gpu_check.py). There CUDA becomes the CPU

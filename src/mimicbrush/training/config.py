@@ -21,9 +21,10 @@ from ..config_reader import Section, type_name
 from ..data.config import DataConfig
 from ..errors import ConfigError
 from ..loading import DTYPES
-from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec
+from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec, pretrained_conflict
 
-DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "depth_guider")
+# pooled_proj: an SDXL model's pooled projection; an SD-1.5 model has none, and trains the rest
+DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "pooled_proj", "depth_guider")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names, kept in the scheduler config
@@ -264,9 +265,9 @@ def _model(section: Section) -> ModelConfig:
         entry = section.child(role)
         if not entry.given:
             continue
-        if pretrained is not None:
-            raise ConfigError(f"{entry.name}: not allowed with model.pretrained (the whole model comes from it)")
         components[role] = _component(entry, role)
+        if pretrained is not None:
+            raise ConfigError(pretrained_conflict(role, components[role], pretrained))
     section.finish()
     if pretrained is None:
         for role in ("unet", "vae", "image_encoder", "depth_estimator"):

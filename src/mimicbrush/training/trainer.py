@@ -32,7 +32,7 @@ from .export import export_trained
 from .imitation import ImitationProbe, check_held_out, flatten_for_log
 from .objective import DrawSettings, MimicBrushObjective, batch_to_device
 from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
-                        summarize_unreached)
+                        summarize_unreached, trainable_roles)
 from .validation import load_validation_cases, render_validation_grid
 
 
@@ -51,8 +51,10 @@ def build_training_model(config: TrainConfig) -> TrainingModel:
     components = build_components(config.model, config.data.resolution, config.seed)
     pipeline = MimicBrushPipeline(**components)  # attaches the reference attention processors
     pipeline.set_progress_bar_config(disable=True)
-    set_trainable({role: getattr(pipeline, role) for role in COMPONENT_ROLES}, config.train.trainable)
-    objective = MimicBrushObjective(pipeline, config.train.trainable, mask_loss_weight=config.train.mask_loss_weight,
+    parts = {role: getattr(pipeline, role) for role in COMPONENT_ROLES if getattr(pipeline, role) is not None}
+    trainable = trainable_roles(config.train.trainable, "trainable" in (config.document.get("train") or {}), parts)
+    set_trainable(parts, trainable)
+    objective = MimicBrushObjective(pipeline, trainable, mask_loss_weight=config.train.mask_loss_weight,
                                     correspondence_weight=config.train.correspondence_weight)
     return TrainingModel(pipeline, objective)
 
@@ -60,11 +62,13 @@ def build_training_model(config: TrainConfig) -> TrainingModel:
 def place_for_training(objective: MimicBrushObjective, device: torch.device, mixed_precision: str,
                        gradient_checkpointing: bool) -> None:
     """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones are
-    stored in the half dtype to save memory."""
+    stored in the half dtype to save memory, but for SDXL's VAE under fp16, which overflows there
+    (the loss runs it in float32, outside autocast)."""
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
     for role, module in objective.parts.items():
         module.to(device)
-        if half is not None and role not in objective.trainable:
+        upcast = role == "vae" and half == torch.float16 and objective.vae_in_float32
+        if half is not None and role not in objective.trainable and not upcast:
             module.to(dtype=half)
     if gradient_checkpointing:
         enable_gradient_checkpointing(objective.trainable.values())
@@ -227,8 +231,11 @@ class Trainer:
                   f"{accelerator.num_processes})")
         sizes = ", ".join(
             f"{role} {sum(p.numel() for p in self.objective.parts[role].parameters() if p.requires_grad) / 1e6:.2f}M"
-            for role in train.trainable)
+            for role in self.objective.trainable)
         self._say(f"trainable parameters: {sizes}")
+        if "pooled_proj" in self.objective.parts and "pooled_proj" not in self.objective.trainable:
+            self._say("note: pooled_proj is not in train.trainable: the SDXL pooled vector stays what it starts as "
+                      "(zero from scratch: SDXL's empty-prompt vector)")
         if unreached:
             self._say(f"frozen, never reached by the loss: {summarize_unreached(unreached)}")
 
@@ -364,7 +371,7 @@ class Trainer:
         """Edits of the validation cases with the current weights (main process; others wait)."""
         accelerator, pipeline = self.accelerator, self.pipeline
         if accelerator.is_main_process:
-            modules = [getattr(pipeline, role) for role in COMPONENT_ROLES]
+            modules = list(self.objective.parts.values())
             modes = [module.training for module in modules]
             for module in modules:
                 module.eval()
