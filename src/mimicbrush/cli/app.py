@@ -9,6 +9,7 @@ import sys
 import time
 
 from ..errors import InputError
+from . import options
 
 
 def register(subparsers) -> None:
@@ -23,10 +24,12 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    options.add_device_arguments(parser)
     parser.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
                         help="keep weights in CPU memory and stream them to the GPU (lower peak memory)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the U-Nets (CUDA graphs on GPU; falls back to eager if it fails): the first edit "
+                        "compiles, later edits with the same settings reuse it")
     parser.add_argument("--max-side", type=int, default=None, metavar="PX",
                         help="longest image side accepted, in pixels (default 4096)")
     parser.add_argument("--max-file-size", default=None, metavar="SIZE",
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         print(BUNDLED_MODEL_NOTICE, file=sys.stderr)
     service = EditService.load(args.model, device=args.device, dtype=args.dtype, offload=args.offload,
-                               max_side=args.max_side or DEFAULT_MAX_SIDE)
+                               compiled=args.compile, max_side=args.max_side or DEFAULT_MAX_SIDE)
     demo = build_app(service, max_file_size=args.max_file_size or DEFAULT_MAX_FILE_SIZE,
                      with_examples=not args.no_examples)
     if not _is_loopback(args.host):

@@ -20,7 +20,7 @@ import yaml
 from ..config_reader import Section, type_name
 from ..data.config import DataConfig
 from ..errors import ConfigError
-from ..loading import DTYPES
+from ..devices import DTYPES
 from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec
 
 DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "depth_guider")
