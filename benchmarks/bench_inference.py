@@ -269,7 +269,8 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
 
 def measure_dtypes(pipe, device, args, resolution: int, names: list[str]) -> dict:
     """The default path with `pipe`'s weights cast to each dtype, timed interleaved repeat by
-    repeat (wall and this process's CPU seconds); each dtype's times over the first's."""
+    repeat (wall and this process's CPU seconds); each dtype's times over the first's, of the
+    medians and of the minima (on a shared CPU the minimum is the least disturbed run)."""
     pipes = {name: copy.deepcopy(pipe).to(dtype=DTYPES[name]) for name in names}
     for name in names:
         time_edit(pipes[name], device, resolution, args.steps, False)  # warm-up
@@ -286,11 +287,13 @@ def measure_dtypes(pipe, device, args, resolution: int, names: list[str]) -> dic
         median, median_cpu = statistics.median(seconds[name]), statistics.median(cpu_seconds[name])
         results[name] = {
             "median_s_per_edit": round(median, 4),
+            "min_s_per_edit": round(min(seconds[name]), 4),
             "all_s": [round(value, 4) for value in seconds[name]],
             "median_cpu_s_per_edit": round(median_cpu, 4),
             "all_cpu_s": [round(value, 4) for value in cpu_seconds[name]],
             f"time_vs_{first}": round(median / statistics.median(seconds[first]), 3),
             f"cpu_time_vs_{first}": round(median_cpu / statistics.median(cpu_seconds[first]), 3),
+            f"min_time_vs_{first}": round(min(seconds[name]) / min(seconds[first]), 3),
         }
     return results
 
