@@ -181,8 +181,8 @@ def test_fp16_on_the_cpu_is_one_true_line(edit_files, recwarn):
     finally:
         logging.getLogger("diffusers").removeHandler(handler)
     notices = [str(warning.message) for warning in recwarn if warning.category is devices.SlowDtypeWarning]
-    assert notices == [f"fp16 on the CPU works but runs about {devices.FP16_CPU_SLOWDOWN}× slower than fp32, the "
-                       "CPU's default (docs/performance.md)"]
+    assert notices == ["fp16 on the CPU works but runs about 10–35× slower than fp32, the CPU's default "
+                       "(docs/performance.md)"]
     assert not [message for message in logged if "cannot run with `cpu` device" in message]
 
 

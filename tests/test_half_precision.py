@@ -12,7 +12,7 @@ project's 2-core AMD EPYC, torch 2.13.0+cpu), about 5 dB below it for other CPUs
 | bundled model, 64², the 4 bundled examples | 59.1–59.6 dB | 48.7–49.1 dB |
 
 (the ranges over seeds 1 and 2 and, for the bundled model, every example; the tiny release with
-shape control on too). fp16 on the CPU is slow (about 10× fp32; its depth estimator dominates the
+shape control on too). fp16 on the CPU is slow (10–35× fp32; its depth estimator dominates the
 tiny release's edit), so each model edits once per dtype at 64², its smallest resolution.
 """
 

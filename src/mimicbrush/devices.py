@@ -15,8 +15,9 @@ from .errors import InputError
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 
-# bench_inference.py --small --dtypes fp32,fp16,bf16 (docs/performance.md, "Half precision on the CPU")
-FP16_CPU_SLOWDOWN = 10
+# fp16's time over fp32's on the CPU, measured by bench_inference.py --dtypes on the bundled model's
+# architecture (9×) and the narrow SD-1.5 one (33×): docs/performance.md, "Half precision on the CPU"
+FP16_CPU_SLOWDOWN = "10–35×"
 
 
 class SlowDtypeWarning(UserWarning):
@@ -89,5 +90,5 @@ def check_offload(offload: str, device: torch.device) -> None:
 def notice_slow_dtype(device: torch.device, dtype: torch.dtype) -> None:
     """One line where fp16 runs on the CPU: it works, but CPUs have no fast fp16 arithmetic."""
     if device.type == "cpu" and dtype == torch.float16:
-        warnings.warn(f"fp16 on the CPU works but runs about {FP16_CPU_SLOWDOWN}× slower than fp32, the CPU's "
+        warnings.warn(f"fp16 on the CPU works but runs about {FP16_CPU_SLOWDOWN} slower than fp32, the CPU's "
                       "default (docs/performance.md)", SlowDtypeWarning, stacklevel=3)
