@@ -32,6 +32,7 @@ the fp16-on-the-CPU notice quotes (mimicbrush.devices.FP16_CPU_SLOWDOWN):
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import platform
@@ -56,9 +57,10 @@ from transformers import (
     Dinov2Config,
 )
 
-from mimicbrush import DepthGuider, ImageProjection, MimicBrushPipeline
+from mimicbrush import DepthGuider, ImageProjection, MimicBrushPipeline, PooledProjection
 from mimicbrush.acceleration import compile_unets, place_pipeline
 from mimicbrush.devices import DTYPES, resolve_device
+from mimicbrush.models import backbone
 from mimicbrush.scheduling import release_scheduler
 
 SIZES = {
@@ -68,13 +70,38 @@ SIZES = {
     # same structure, narrow: for a CPU run in minutes
     "small": dict(unet_widths=(32, 64, 128, 128), heads=4, context=128, vae_widths=(32, 64, 64, 64),
                   vae_layers=1, clip=(256, 4, 4, 512), depth=(192, 4, [48, 96, 192, 192], 32), resolution=256),
+    # narrower still, one layer per U-Net block, at 64²: the CPU rehearsal of benchmarks/gpu_check.py
+    # (under a second per edit, and half the graph for its compile to capture)
+    "tiny": dict(unet_widths=(32, 32, 64, 64), unet_layers=1, heads=2, context=32, vae_widths=(32, 32, 32, 32),
+                 vae_layers=1, clip=(64, 2, 2, 128), depth=(64, 3, [16, 32, 64, 64], 16), resolution=64),
 }
+# The SDXL backbone: SDXL's U-Nets (the published configs, ../shared/spec/MIMICBRUSH.md §8) in place
+# of SD-1.5's, the other parts of the SD-1.5 size named by "others" (SDXL's VAE has SD's
+# architecture, with its own scaling factor)
+_SDXL_BLOCKS = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    use_linear_projection=True, addition_embed_type="text_time")
+XL_SIZES = {
+    "full": dict(others="full", resolution=1024, unet=dict(
+        _SDXL_BLOCKS, block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), cross_attention_dim=2048, addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)),
+    # the same structure in miniature: gpu_check's CPU rehearsal
+    "tiny": dict(others="tiny", resolution=64, unet=dict(
+        _SDXL_BLOCKS, block_out_channels=(32, 32, 64), layers_per_block=1, transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 2, 4), cross_attention_dim=48, addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32)),
+}
+SDXL_VAE_SCALING_FACTOR = 0.13025
+# the modes that share one eager pipeline: name -> (faithful flag, reference timestep of the model's kind)
+EAGER_VARIANTS = {"faithful": (True, None), "fast": (False, None), "fast-t0": (False, 0)}
 
 
 def build_components(size: dict) -> dict:
     def unet(in_channels: int) -> UNet2DConditionModel:
         return UNet2DConditionModel(
-            in_channels=in_channels, block_out_channels=size["unet_widths"], layers_per_block=2,
+            in_channels=in_channels, block_out_channels=size["unet_widths"],
+            layers_per_block=size.get("unet_layers", 2),
             cross_attention_dim=size["context"], attention_head_dim=size["heads"],
             sample_size=size["resolution"] // 8,
         )
@@ -106,11 +133,31 @@ def build_components(size: dict) -> dict:
     )
 
 
+def build_xl_components(size_name: str) -> dict:
+    """The components of XL_SIZES[size_name]: SDXL-shaped U-Nets, their image and pooled projections."""
+    xl = XL_SIZES[size_name]
+    components = build_components({**SIZES[xl["others"]], "resolution": xl["resolution"]})
+    hidden = components["image_encoder"].config.hidden_size
+
+    def unet(in_channels: int) -> UNet2DConditionModel:
+        return UNet2DConditionModel(in_channels=in_channels, sample_size=xl["resolution"] // 8, **xl["unet"])
+
+    components.update(unet=unet(13), reference_unet=unet(4),
+                      image_proj=ImageProjection(hidden, xl["unet"]["cross_attention_dim"]))
+    components["pooled_proj"] = PooledProjection(hidden, backbone.pooled_width(components["unet"].config))
+    components["vae"].register_to_config(scaling_factor=SDXL_VAE_SCALING_FACTOR)  # force_upcast: the default
+    return components
+
+
 def random_pipeline(size: dict, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
     """Components built on the meta device, then filled on `device` with the parity kit's kind of
     random values (fan-in scaled weights, unit norms), so activations stay finite in fp16."""
     with init_empty_weights():
         components = build_components(size)
+    return _filled_pipeline(components, device, dtype)
+
+
+def _filled_pipeline(components: dict, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
     generator = torch.Generator(device).manual_seed(0)
     for module in components.values():
         module.to_empty(device=device)
@@ -145,6 +192,21 @@ def configured_pipeline(config_path: str, device: torch.device, dtype: torch.dty
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def sdxl_backbone_available() -> bool:
+    """Whether this package has the SDXL backbone (its pipeline then takes the pooled projection,
+    `pooled_proj`, that SDXL's added conditions need)."""
+    return "pooled_proj" in inspect.signature(MimicBrushPipeline.__init__).parameters
+
+
+def random_xl_pipeline(size: str, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
+    """A pipeline with the SDXL backbone and random weights, as `random_pipeline` builds the SD-1.5
+    one: size "full" (SDXL's U-Nets, for 1024² edits) or "tiny" (gpu_check's CPU rehearsal).
+    benchmarks/gpu_check.py's `xl` section calls this once `sdxl_backbone_available()`."""
+    with init_empty_weights():
+        components = build_xl_components(size)
+    return _filled_pipeline(components, device, dtype)
 
 
 @contextmanager
@@ -409,8 +471,7 @@ def main(argv=None) -> int:
         del report["results"]
         return write_report(report, args.output)
     # faithful, fast and fast-t0 share the pipeline and differ by a flag or the model's kind: timed interleaved
-    eager_variants = {"faithful": (True, None), "fast": (False, None), "fast-t0": (False, 0)}
-    eager = {mode: eager_variants[mode] for mode in modes if mode in eager_variants}
+    eager = {mode: EAGER_VARIANTS[mode] for mode in modes if mode in EAGER_VARIANTS}
     for mode in eager:
         report["results"][mode] = {}
     for resolution in resolutions:

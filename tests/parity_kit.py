@@ -42,8 +42,9 @@ def model_dir(size: str, root: Path) -> Path:
     return target
 
 
-def run_case(pipe, case: dict, **call_kwargs) -> dict[str, np.ndarray]:
-    """Run one case through `pipe.__call__` (plus `call_kwargs`), capturing the kit's arrays."""
+def run_case(pipe, case: dict, kit: Path = KIT, **call_kwargs) -> dict[str, np.ndarray]:
+    """Run one case through `pipe.__call__` (plus `call_kwargs`), capturing the kit's arrays; the
+    case's input images are read from `kit` (benchmarks/gpu_check.py passes a carried copy)."""
     arrays: dict[str, np.ndarray] = {}
     captured: dict[str, torch.Tensor] = {}
 
@@ -81,9 +82,9 @@ def run_case(pipe, case: dict, **call_kwargs) -> dict[str, np.ndarray]:
     pipe.prepare_latents, pipe.encode_depth = capture_latents, capture_depth
     try:
         output = pipe(
-            source_image=KIT / case["inputs"]["source"],
-            mask_image=KIT / case["inputs"]["mask"],
-            reference_image=KIT / case["inputs"]["reference"],
+            source_image=kit / case["inputs"]["source"],
+            mask_image=kit / case["inputs"]["mask"],
+            reference_image=kit / case["inputs"]["reference"],
             keep_shape=case["keep_shape"],
             num_inference_steps=case["steps"],
             guidance_scale=case["guidance_scale"],

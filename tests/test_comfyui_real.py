@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,25 +118,18 @@ def get(url: str, timeout: float = 10):
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def comfyui(tmp_path_factory):
-    """A headless ComfyUI on a free loopback port, its work folder, and its log; always stopped."""
-    work = tmp_path_factory.mktemp("comfyui")
-    home, system_temp = work / "home", work / "system-tmp"
-    home.mkdir(), system_temp.mkdir()
-    # our process's HOME/TMPDIR for the server: whatever lands there is outside ComfyUI's folders
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(system_temp), "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("HF_HOME", None), env.pop("HF_HUB_CACHE", None)
-    subprocess.run([PYTHON, "-m", "mimicbrush.comfyui.workflows", str(work / "input")], check=True, env=env,
-                   capture_output=True, timeout=300)
+@contextmanager
+def running_comfyui(python: str, work: Path, env: dict, flags: tuple[str, ...] = ("--disable-api-nodes",)):
+    """A headless ComfyUI of `python`'s venv with `work` as its working folder (custom_nodes/,
+    input/, output/), on a free loopback port, once it lists MimicBrushEdit; always stopped.
+    `flags`: further server flags (the page test leaves out --disable-api-nodes: docs/comfyui.md)."""
     port = free_port()
     log = work / "server.log"
-    comfy = Path(PYTHON).parent / "comfyui"
+    comfy = Path(python).parent / "comfyui"
     started = time.perf_counter()
     with open(log, "wb") as log_file:
         server = subprocess.Popen([str(comfy), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                   "--cwd", str(work), "--disable-api-nodes"],
+                                   "--cwd", str(work), *flags],
                                   stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=work)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -148,12 +142,35 @@ def comfyui(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not list MimicBrushEdit within {START_TIMEOUT_S} s")
+                    pytest.fail(f"ComfyUI did not list MimicBrushEdit within {START_TIMEOUT_S} s: "
+                                f"{log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield {"base": base, "work": work, "log": log, "env": env, "home": home, "system_temp": system_temp,
+        yield {"base": base, "work": work, "log": log, "env": env, "pid": server.pid,
                "start_seconds": time.perf_counter() - started}
     finally:
         stop(server, timeout=30)
+
+
+def server_env(work: Path, **extra) -> dict:
+    """The server's environment: HOME and TMPDIR inside the work folder (whatever lands there is
+    outside ComfyUI's folders), offline hub."""
+    home, system_temp = work / "home", work / "system-tmp"
+    home.mkdir(exist_ok=True), system_temp.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(system_temp), "HF_HUB_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("HF_HOME", None), env.pop("HF_HUB_CACHE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory):
+    """A headless ComfyUI with the package installed, its work folder with the examples' inputs."""
+    work = tmp_path_factory.mktemp("comfyui")
+    env = server_env(work)
+    subprocess.run([PYTHON, "-m", "mimicbrush.comfyui.workflows", str(work / "input")], check=True, env=env,
+                   capture_output=True, timeout=300)
+    with running_comfyui(PYTHON, work, env) as server:
+        yield {**server, "home": work / "home", "system_temp": work / "system-tmp"}
 
 
 def drive(comfyui, plan: list[dict]) -> list[dict]:

@@ -27,6 +27,14 @@ def environment() -> dict[str, str]:
     return environment
 
 
+def train_in_two_processes(config_path) -> subprocess.CompletedProcess:
+    """`mimicbrush train CONFIG` as 2 CPU processes through torch.distributed.run."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mimicbrush", "train", str(config_path)],
+        env=environment(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+
+
 @pytest.fixture
 def images(tmp_path):
     return write_images(tmp_path / "images")
@@ -36,10 +44,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, im
     document = tiny_document(images, tmp_path / "ddp", train={"max_steps": 3, "batch_size": 1},
                              optim=FAST_LINEAR_OPTIM, checkpoint={"every_steps": 3})
     config_path = write_config(tmp_path / "ddp.yaml", document)
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "mimicbrush", "train", str(config_path)],
-        env=environment(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    completed = train_in_two_processes(config_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip() == str(tmp_path / "ddp" / "model")  # printed once
     assert "training on 2 process(es)" in completed.stderr

@@ -152,6 +152,9 @@ def test_sample_edits_logs_and_export(tmp_path, images):
     exported = export_checkpoint(config, "latest")  # the checkpoint of the final step = the model
     assert exported.name == "model-step-00000002"
     assert all(torch.equal(tensor, state_of(model_dir)[key]) for key, tensor in state_of(exported).items())
+    for folder in (model_dir, exported):  # both exports carry their card and data record (tests/test_model_card.py)
+        assert (folder / "README.md").read_text().startswith("---\nlicense: ")
+        assert (folder / "training_data.json").is_file()
 
 
 def test_eight_bit_adam_without_bitsandbytes_is_a_clear_error(monkeypatch):

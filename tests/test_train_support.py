@@ -1,5 +1,6 @@
 """Shared helpers for the trainer tests (no tests here): a from-scratch tiny model config at
-resolution 32 (the architecture of tests/tiny_models.py), tiny synthetic data, config files."""
+resolution 32 (the architecture of tests/tiny_models.py, SD-1.5- or SDXL-shaped), tiny synthetic
+data, config files."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ TINY_MODEL = {
     }},
     "depth_guider": {"config": {"block_out_channels": [8, 16]}},
 }
+
+
+def tiny_xl_model() -> dict:
+    """TINY_MODEL with SDXL-shaped U-Nets (tests/tiny_models.py's): an XL model, nothing else changed."""
+    from tiny_models import TINY_XL_UNET
+
+    return {**copy.deepcopy(TINY_MODEL), "unet": {"config": copy.deepcopy(TINY_XL_UNET)}}
 
 
 def write_images(folder: Path, count: int = 4) -> Path:

@@ -90,6 +90,8 @@ def test_convert_round_trip_matches_release_within_fp16(tiny_release, tmp_path):
     assert main(["convert", str(tiny_release), str(out)]) == 0
     assert (out / "model_index.json").is_file() and not (out / "text_encoder").exists()
     assert not list(out.rglob("*.bin"))
+    # its model card: the release's licence with SD-1.5's, which its U-Nets carry (tests/test_model_card.py)
+    assert (out / "README.md").read_text().startswith("---\nlicense: creativeml-openrail-m\n")
     case = dict(load_cases()["tiny_c"], steps=3)
     release = MimicBrushPipeline.from_pretrained(tiny_release)
     converted = MimicBrushPipeline.from_pretrained(out)

@@ -14,6 +14,7 @@ _LAZY = {
     "MimicBrushPipeline": "pipeline",
     "MimicBrushPipelineOutput": "pipeline",
     "ImageProjection": "models.image_encoder",
+    "PooledProjection": "models.image_encoder",
     "DepthGuider": "models.depth",
     "PixelShuffleAutoencoder": "models.standins",
     "LuminanceDepth": "models.standins",

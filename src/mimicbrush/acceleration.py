@@ -40,7 +40,7 @@ class CompiledForward:
 
     def __init__(self, module: nn.Module, mode: str | None, backend: str = "inductor"):
         self.eager = module.forward
-        self.compiled = torch.compile(module.forward, backend=backend, mode=mode, dynamic=False)
+        self.compiled = torch.compile(module.forward, mode=mode, backend=backend, dynamic=False)
         self.failed = False
 
     def __call__(self, *args, **kwargs):
@@ -57,8 +57,9 @@ class CompiledForward:
 def compile_unets(pipe, mode: str | None = None, backend: str = "inductor") -> None:
     """Compile both U-Nets (static shapes). On CUDA the default mode replays CUDA graphs, which
     removes the launch overhead that dominates an eager SD-1.5 step. The reference U-Net then runs
-    to its end: an early exit would break the graph. `backend` other than inductor (which alone
-    takes a mode) is for tests: dynamo's guards, and so its recompilations, are the same."""
+    to its end: an early exit would break the graph. `backend="eager"` captures the graphs without
+    generating code (gpu_check's CPU rehearsal, tests/test_compile_once.py: dynamo's path, guards and
+    recompilations included, in seconds, not minutes); only inductor takes a mode."""
     if backend != "inductor":
         mode = None
     elif mode is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from . import devices, edit_options, editing, imaging, samplers
-from .errors import InputError
+from .errors import InputError, WeightsError
+from .models import backbone as backbones
+from .models.backbone import AddedConditions
 from .models.depth import DepthGuider, estimate_depth
-from .models.image_encoder import ImageProjection, penultimate_hidden_states
+from .models.image_encoder import ImageProjection, PooledProjection, penultimate_hidden_states
 from .models.standins import PixelShuffleAutoencoder
 from .models.reference_attention import ReferenceBank, attach_reference_attention, run_reference_unet, split_references
 
@@ -53,7 +56,11 @@ class MimicBrushPipeline(DiffusionPipeline):
     `depth_estimator` with `depth_guider`, and a `scheduler`: the release's DDIM by default, or any
     diffusers scheduler that supports the model's prediction type, set the diffusers way
     (`pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)`; samplers.py
-    names the tested ones).
+    names the tested ones). `pooled_proj` (optional) is an SDXL backbone's pooled projection.
+
+    `backbone` ("sd15" or "sdxl", saved in its config) follows from the imitative U-Net: SDXL's
+    U-Nets (`addition_embed_type: text_time`) also take a pooled vector and six time ids, which
+    `prepare_added_conditions` builds (models/backbone.py says what they receive and why).
 
     `reference_timestep` is the model's kind, saved in its config: None (the release's) runs the
     reference U-Net at every step's timestep, so the bank is computed once per U-Net call; an
@@ -62,7 +69,9 @@ class MimicBrushPipeline(DiffusionPipeline):
     edit.
     """
 
-    model_cpu_offload_seq = "image_encoder->image_proj->depth_estimator->depth_guider->vae->reference_unet->unet"
+    model_cpu_offload_seq = ("image_encoder->image_proj->pooled_proj->depth_estimator->depth_guider->vae"
+                             "->reference_unet->unet")
+    _optional_components = ["pooled_proj"]  # SDXL only: SD-1.5 folders and the release layout have none
 
     def __init__(
         self,
@@ -74,22 +83,27 @@ class MimicBrushPipeline(DiffusionPipeline):
         depth_estimator: nn.Module,
         depth_guider: DepthGuider,
         scheduler: SchedulerMixin,
+        pooled_proj: PooledProjection | None = None,
         depth_input_size: int = 518,
         reference_timestep: int | None = None,
+        backbone: str | None = None,
     ):
         super().__init__()
         check_reference_timestep(reference_timestep, scheduler.config.num_train_timesteps)
+        backbone = check_backbone(backbone, unet, reference_unet, pooled_proj)
         self.register_modules(
             unet=unet,
             reference_unet=reference_unet,
             vae=vae,
             image_encoder=image_encoder,
             image_proj=image_proj,
+            pooled_proj=pooled_proj,
             depth_estimator=depth_estimator,
             depth_guider=depth_guider,
             scheduler=scheduler,
         )
-        self.register_to_config(depth_input_size=depth_input_size, reference_timestep=reference_timestep)
+        self.register_to_config(depth_input_size=depth_input_size, reference_timestep=reference_timestep,
+                                backbone=backbone)
         self.bank = ReferenceBank()
         attach_reference_attention(reference_unet, unet, self.bank)
         self.reference_unet_runs_to_end = False  # set when the U-Nets are compiled
@@ -152,7 +166,7 @@ class MimicBrushPipeline(DiffusionPipeline):
 
     @property
     def resolution(self) -> int:
-        """Side of the square the model edits at (512 for SD-1.5)."""
+        """Side of the square the model edits at (512 for SD-1.5, 1024 for SDXL)."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
     @property
@@ -223,13 +237,14 @@ class MimicBrushPipeline(DiffusionPipeline):
         inputs = self.prepare_inputs(source_image, mask_image, reference_image, resolution)
         use_reference = inputs.reference_pixels is not None
         rows = self.guidance_rows(use_reference, guidance_scale)
-        embeds = self.encode_reference(inputs.clip_pixels, rows)
+        embeds, pooled = self.encode_reference(inputs.clip_pixels, rows)
+        added_conditions = self.prepare_added_conditions(pooled, resolution)
         depth_feature, depth_map = self.encode_depth(inputs.depth_pixels, keep_shape, resolution)
         timesteps = self.prepare_timesteps(num_inference_steps)
         reference_latents, latents, masked_latents = self.prepare_latents(inputs, generator, resolution)
         latents = self.denoise(
             latents, reference_latents, masked_latents, inputs.model_mask, depth_feature, embeds, rows,
-            timesteps, guidance_scale, faithful, callback_on_step_end, generator,
+            timesteps, guidance_scale, faithful, callback_on_step_end, generator, added_conditions,
         )
         model_image = self.decode_latents(latents)
         image = imaging.paste_back(model_image, inputs.source, inputs.mask)
@@ -295,15 +310,26 @@ class MimicBrushPipeline(DiffusionPipeline):
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self._execution_device, self.unet.dtype)
 
-    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected penultimate tokens of the image encoder (B×257×D)."""
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected penultimate tokens of the image encoder (B×257×D) and, for an SDXL backbone,
+        the pooled vector (B×P): the pooled projection of the first (CLS) of those tokens."""
         pixel_values = pixel_values.to(self._execution_device, self.image_encoder.dtype)
         tokens = penultimate_hidden_states(self.image_encoder, pixel_values)
-        return self.image_proj(tokens.to(self.image_proj.dtype))
+        embeds = self.image_proj(tokens.to(self.image_proj.dtype))
+        pooled = None if self.pooled_proj is None else self.pooled_proj(tokens[:, 0].to(self.pooled_proj.dtype))
+        return embeds, pooled
 
-    def encode_reference(self, clip_pixels: np.ndarray | None, rows: list[str]) -> torch.Tensor:
+    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected penultimate tokens of the image encoder (B×257×D)."""
+        return self.encode_images(pixel_values)[0]
+
+    def encode_reference(
+        self, clip_pixels: np.ndarray | None, rows: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cross-attention context per row: the reference's embeds (cond) or those of an all-zero
-        CLIP input (uncond), which never change and so are computed once.
+        CLIP input (uncond), which never change and so are computed once. For SDXL also each
+        reference's pooled vector per row (R×K×P; None for SD-1.5), the uncond row's likewise
+        that of the all-zero input.
 
         With K references the cond row holds their K token sequences side by side (the imitative
         U-Net's cross-attention chooses among all of them, as its self-attention does among the
@@ -311,19 +337,33 @@ class MimicBrushPipeline(DiffusionPipeline):
         tokens K times: attention over K copies of the same keys is attention over one copy.
         split_references gives back each reference's own tokens for the reference U-Net."""
         count = 1 if clip_pixels is None else len(clip_pixels)
-        embeds = []
+        embeds, pooled = [], []
         for row in rows:
             if row == "cond":
-                tokens = self.image_embeds(torch.from_numpy(clip_pixels))
+                tokens, vectors = self.encode_images(torch.from_numpy(clip_pixels))
                 embeds.append(tokens.reshape(1, -1, tokens.shape[-1]))
+                pooled.append(None if vectors is None else vectors[None])
             else:
                 size = self.clip_input_size
-                unconditional = self._constant(
-                    "unconditional_embeds", (self.image_encoder, self.image_proj),
-                    lambda: self.image_embeds(torch.zeros(1, 3, size, size)),
+                tokens, vectors = self._constant(
+                    "unconditional_embeds", self._image_condition_modules(),
+                    lambda: self.encode_images(torch.zeros(1, 3, size, size)),
                 )
-                embeds.append(unconditional.repeat(1, count, 1) if count > 1 else unconditional)
-        return torch.cat(embeds).to(self.unet.dtype)
+                embeds.append(tokens.repeat(1, count, 1) if count > 1 else tokens)
+                pooled.append(None if vectors is None else vectors[:, None].repeat(1, count, 1))
+        embeds = torch.cat(embeds).to(self.unet.dtype)
+        return embeds, (None if self.pooled_proj is None else torch.cat(pooled).to(self.unet.dtype))
+
+    def _image_condition_modules(self) -> tuple[nn.Module, ...]:
+        return tuple(module for module in (self.image_encoder, self.image_proj, self.pooled_proj) if module is not None)
+
+    def prepare_added_conditions(self, pooled: torch.Tensor | None, resolution: int) -> AddedConditions | None:
+        """SDXL's added conditions per row: the pooled vectors and the time ids of an uncropped
+        square at the edit's resolution, (R, R, 0, 0, R, R), as SDXL's pipelines build them.
+        None for SD-1.5, whose U-Nets take none."""
+        if pooled is None:
+            return None
+        return AddedConditions(pooled, backbones.time_ids(resolution, len(pooled), pooled.device, pooled.dtype))
 
     def encode_depth(
         self, depth_pixels: np.ndarray, keep_shape: bool, resolution: int
@@ -354,10 +394,32 @@ class MimicBrushPipeline(DiffusionPipeline):
             self._constant_outputs[key] = compute()
         return self._constant_outputs[key]
 
+    @property
+    def vae_needs_float32(self) -> bool:
+        """SDXL's VAE overflows in float16 (its config says `force_upcast`), so it runs in float32
+        there, as in diffusers' SDXL pipelines. An SD-1.5 model keeps the release's float16 VAE
+        (diffusers' SD pipelines ignore the flag too)."""
+        return self.config.backbone == backbones.SDXL and bool(getattr(self.vae.config, "force_upcast", False))
+
+    @contextmanager
+    def vae_precision(self):
+        """The VAE in float32 while it runs where it is stored in float16 and `vae_needs_float32`,
+        cast back after."""
+        upcast = self.vae_needs_float32 and self.vae.dtype == torch.float16
+        # nn.Module's cast: diffusers' ModelMixin.to warns on every dtype cast (0.42)
+        if upcast:
+            nn.Module.to(self.vae, dtype=torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                nn.Module.to(self.vae, dtype=torch.float16)
+
     def _posterior_sample(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
         """Scaled VAE posterior sample; the noise is drawn in float32 from `generator` on the CPU
         so a seed gives the same edit on every device and dtype."""
-        distribution = self.vae.encode(self._tensor(pixels).to(self.vae.dtype)).latent_dist
+        with self.vae_precision():
+            distribution = self.vae.encode(self._tensor(pixels).to(self.vae.dtype)).latent_dist
         noise = torch.randn(distribution.mean.shape, generator=generator, dtype=torch.float32)
         mean, std = distribution.mean.float(), distribution.std.float()
         sample = mean + std * noise.to(mean.device)
@@ -404,13 +466,16 @@ class MimicBrushPipeline(DiffusionPipeline):
         faithful: bool = False,
         callback_on_step_end=None,
         generator: torch.Generator | None = None,
+        added_conditions: AddedConditions | None = None,
     ) -> torch.Tensor:
         """The sampling loop, one pass per timestep (a second-order scheduler lists most twice).
         Each pass: the imitative U-Net reads the reference bank for the conditional row →
         guidance → scheduler step. The reference U-Net fills the bank before every pass, or once
-        before the loop for a model with a fixed `reference_timestep`."""
+        before the loop for a model with a fixed `reference_timestep`. `added_conditions` (SDXL)
+        go to every call of both U-Nets."""
         mask = torch.nn.functional.interpolate(self._tensor(model_mask), size=latents.shape[-2:], mode="nearest")
         condition = torch.cat([mask, masked_latents, depth_feature], dim=1).repeat(len(rows), 1, 1, 1)
+        unet_added = None if added_conditions is None else added_conditions.for_unet()
         use_reference = reference_latents is not None
         fixed_timestep = self.config.reference_timestep
         if use_reference:
@@ -421,11 +486,14 @@ class MimicBrushPipeline(DiffusionPipeline):
             # one batch for every (reference, row), reference-major, each with its own tokens
             reference_input = reference_latents.repeat_interleave(len(reference_rows), dim=0)
             reference_embeds = split_references(embeds[reference_rows], reference_count)
+            reference_added = (None if added_conditions is None
+                               else added_conditions.for_reference_unet(reference_rows, reference_count))
 
             def fill_bank(timestep) -> None:
                 self.bank.clear()
                 run_reference_unet(self.reference_unet, reference_input, timestep, reference_embeds,
-                                   self.bank, run_to_end=faithful or self.reference_unet_runs_to_end)
+                                   self.bank, run_to_end=faithful or self.reference_unet_runs_to_end,
+                                   added_cond_kwargs=reference_added)
                 self.bank.rows = torch.tensor([rows.index("cond")], device=latents.device)
                 self.bank.references = reference_count
                 self.bank.faithful = faithful
@@ -446,7 +514,8 @@ class MimicBrushPipeline(DiffusionPipeline):
                 # clean inputs (DDIM's scaling is the identity: the release's numbers are kept)
                 latent_input = self.scheduler.scale_model_input(latents, timestep)
                 model_input = torch.cat([latent_input.repeat(len(rows), 1, 1, 1), condition], dim=1)
-                noise_pred = self.unet(model_input, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+                noise_pred = self.unet(model_input, timestep, encoder_hidden_states=embeds,
+                                       added_cond_kwargs=unet_added, return_dict=False)[0]
                 if len(rows) == 2:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
@@ -467,7 +536,8 @@ class MimicBrushPipeline(DiffusionPipeline):
 
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """R×R×3 uint8 image of the final latents."""
-        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        with self.vae_precision():
+            decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
         return imaging.to_uint8_image(decoded[0].float().cpu().numpy())
 
     @staticmethod
@@ -479,6 +549,25 @@ class MimicBrushPipeline(DiffusionPipeline):
         padding = imaging.SquarePadding(width, height)
         square = PIL.Image.fromarray((depth * 255).astype(np.uint8)).resize((padding.side, padding.side), PIL.Image.BILINEAR)
         return PIL.Image.fromarray(padding.crop(np.asarray(square)))
+
+
+def check_backbone(stated: str | None, unet, reference_unet, pooled_proj) -> str:
+    """The backbone the imitative U-Net makes (`stated`, a saved folder's, must agree), once the
+    other components' added-embedding setup fits it; else a one-line WeightsError."""
+    try:
+        derived = backbones.backbone_of(unet.config)
+    except ValueError as error:
+        raise WeightsError(f"unet: {error}") from None
+    if stated is not None and stated != derived:
+        raise WeightsError(f"backbone: the model says {stated!r}, but its imitative U-Net is {derived}-shaped "
+                           f"({backbones.added_embedding(unet.config)})")
+    try:
+        mismatch = backbones.component_mismatch(unet, reference_unet, pooled_proj)
+    except ValueError as error:
+        mismatch = ("reference_unet", str(error))
+    if mismatch is not None:
+        raise WeightsError(f"{mismatch[0]}: {mismatch[1]}")
+    return derived
 
 
 def check_reference_timestep(reference_timestep: int | None, num_train_timesteps: int) -> None:

@@ -27,6 +27,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import DTYPES
+    from ..model_card import MODEL_CARD_FILE, parameter_counts, release_card
     from ..pipeline import MimicBrushPipeline
     from ..weights import is_release_layout
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / MODEL_CARD_FILE).write_text(release_card(source, parameter_counts(pipe)))
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

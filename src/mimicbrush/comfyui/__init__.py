@@ -7,7 +7,8 @@
                 imported only when used, so this package imports (and is tested) without it
 
 Loaded by installable ComfyUIs through the `comfyui.custom_nodes` entry point (pyproject.toml),
-and by any ComfyUI from a custom_nodes folder (comfyui/mimicbrush_nodes/ in the repository).
+and by any ComfyUI from custom_nodes/mimicbrush/, a clone of the repository, whose __init__.py
+finds this package and exports these mappings.
 Importing this does no work: no model is loaded and nothing is downloaded until a node runs.
 """
 

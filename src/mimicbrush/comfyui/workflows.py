@@ -93,9 +93,8 @@ def ui_workflow(example: Example) -> dict:
         nodes.append({
             "id": int(node_id),
             "type": kind,
-            "pos": [40 + 340 * (0 if int(node_id) <= 4 else 1 if kind == "MimicBrushEdit" else 2),
-                    40 + 240 * (int(node_id) - 1 if int(node_id) <= 4 else int(node_id) - 5)],
-            "size": [315, 200 if kind != "MimicBrushEdit" else 330],
+            "pos": list(LAYOUT[int(node_id)]),
+            "size": [NODE_WIDTH, NODE_HEIGHTS[kind]],
             "flags": {},
             "order": order,
             "mode": 0,
@@ -113,6 +112,15 @@ def ui_workflow(example: Example) -> dict:
 
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+# Where each node sits on the page: image loaders in the first column, the model loader above the
+# edit in the second, the Save nodes in the third. The heights are what the page gives each node
+# once its image preview shows (measured with frontend 1.38.14: LoadImage 314, the edit 522), so
+# no node covers another when the workflow is opened; the page only ever enlarges a saved size.
+NODE_WIDTH = 315
+NODE_HEIGHTS = {"LoadImage": 330, "LoadImageMask": 330, "MimicBrushLoad": 130, "MimicBrushEdit": 530,
+                "SaveImage": 330}
+LAYOUT = {1: (40, 40), 2: (40, 420), 3: (40, 800), 4: (400, 40), 5: (400, 220), 6: (760, 40), 7: (760, 420)}
 
 
 def _our_widgets(kind: str, values: dict) -> list:

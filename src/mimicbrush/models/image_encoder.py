@@ -1,5 +1,6 @@
 """Image condition: an image encoder's penultimate hidden states, projected to the U-Nets'
-cross-attention width. They replace the text embedding in every cross-attention."""
+cross-attention width. They replace the text embedding in every cross-attention; for an SDXL
+backbone, the first (CLS) of those tokens, projected, also replaces SDXL's pooled text embedding."""
 
 from __future__ import annotations
 
@@ -19,6 +20,25 @@ class ImageProjection(ModelMixin, ConfigMixin):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.projector(hidden_states)
+
+
+class PooledProjection(ModelMixin, ConfigMixin):
+    """Linear map from the image encoder's hidden size to an SDXL U-Net's pooled width (1280 → 1280).
+
+    Its input is the first (CLS) token of the penultimate tokens the image projection reads. It
+    starts at zero: SDXL's pipelines give an empty prompt an all-zero pooled vector
+    (`force_zeros_for_empty_prompt`), so a pretrained SDXL U-Net starts in its own "no text" state
+    and training moves the vector from there."""
+
+    @register_to_config
+    def __init__(self, in_features: int = 1280, out_features: int = 1280):
+        super().__init__()
+        self.projector = nn.Linear(in_features, out_features)
+        nn.init.zeros_(self.projector.weight)
+        nn.init.zeros_(self.projector.bias)
+
+    def forward(self, cls_token: torch.Tensor) -> torch.Tensor:
+        return self.projector(cls_token)
 
 
 def penultimate_hidden_states(image_encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

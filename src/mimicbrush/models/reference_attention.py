@@ -161,11 +161,15 @@ def attach_reference_attention(
 ) -> None:
     """Install writer processors on the reference U-Net and readers on the imitative U-Net.
 
-    Blocks are paired in module order (mid block first, then up blocks), stable-sorted by width,
-    descending, as the release does; with identical structures that is the same position.
+    When both U-Nets have the same mid/up self-attention layers (names and widths), as SD-1.5's
+    and SDXL's pairs do, each imitative layer reads the bank of the reference layer with its name
+    (SDXL: 46 layers, up to 10 per block). Otherwise blocks are paired as the release does: in
+    module order (mid block first, then up blocks), stable-sorted by width, descending; with
+    identical structures that gives the same pairs.
     """
-    writers = _sorted_by_width(reference_unet, reference_block_names(reference_unet))
-    readers = _sorted_by_width(unet, reference_block_names(unet))
+    writers, readers = reference_block_names(reference_unet), reference_block_names(unet)
+    if _layer_widths(reference_unet, writers) != _layer_widths(unet, readers):
+        writers, readers = _sorted_by_width(reference_unet, writers), _sorted_by_width(unet, readers)
     if len(writers) != len(readers):
         raise ValueError(
             f"reference U-Net has {len(writers)} mid/up transformer blocks, imitative U-Net {len(readers)}"
@@ -181,6 +185,11 @@ def attach_reference_attention(
     bank.stop_after = dict(zip(writers, readers))[reference_block_names(reference_unet)[-1]]
 
 
+def _layer_widths(unet: UNet2DConditionModel, names: list[str]) -> list[tuple[str, int]]:
+    modules = dict(unet.named_modules())
+    return [(name, modules[name].to_q.in_features) for name in names]
+
+
 def _sorted_by_width(unet: UNet2DConditionModel, names: list[str]) -> list[str]:
     modules = dict(unet.named_modules())
     return sorted(names, key=lambda name: -modules[name].to_q.in_features)
@@ -193,15 +202,18 @@ def run_reference_unet(
     image_embeds: torch.Tensor,
     bank: ReferenceBank,
     run_to_end: bool = False,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Fill `bank` with the reference features of this timestep.
 
     The reference U-Net's output is never used, so it stops after the last recorded block unless
-    `run_to_end` (the release's pattern, for measurement).
+    `run_to_end` (the release's pattern, for measurement). `added_cond_kwargs`: an SDXL-shaped
+    U-Net's pooled vectors and time ids, one row per reference latent (None for SD-1.5).
     """
     stop_after, bank.stop_after = bank.stop_after, (None if run_to_end else bank.stop_after)
     try:
-        reference_unet(reference_latents, timestep, encoder_hidden_states=image_embeds, return_dict=False)
+        reference_unet(reference_latents, timestep, encoder_hidden_states=image_embeds,
+                       added_cond_kwargs=added_cond_kwargs, return_dict=False)
     except BankComplete:
         pass
     finally:

@@ -7,6 +7,10 @@ Three starts, chosen by the `model:` section:
   with fewer than 13 input channels gets `conv_in` widened, the new channels zero;
 - from scratch, each component from a small `config:` (constructor arguments).
 
+The backbone follows from the U-Nets: SDXL-shaped ones (`addition_embed_type: text_time`, e.g.
+SDXL-inpainting and SDXL base) give an XL model, with a pooled projection derived like the image
+projection (models/backbone.py).
+
 Each role maps class names to a `ComponentClass`, which knows how to check a config, build from
 it and load weights. Besides the stock classes, the parameter-free stand-ins
 (`PixelShuffleAutoencoder` for the VAE, `LuminanceDepth` for the depth estimator) are registered;
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
+from ..models import backbone
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,9 @@ class ComponentSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
-COMPONENT_ROLES = ("unet", "reference_unet", "vae", "image_encoder", "image_proj", "depth_estimator", "depth_guider")
+# appended roles keep the others' init seeds (_component_seed indexes this tuple)
+COMPONENT_ROLES = ("unet", "reference_unet", "vae", "image_encoder", "image_proj", "depth_estimator", "depth_guider",
+                   "pooled_proj")
 DEFAULT_DEPTH_INPUT_SIZE = 518  # Depth Anything's input side in the release
 
 
@@ -144,6 +151,7 @@ COMPONENT_CLASSES: dict[str, dict[str, ComponentClass]] = {  # the first class o
         "LuminanceDepth": ComponentClass("LuminanceDepth", "mimicbrush.models.standins"),
     },
     "depth_guider": {"DepthGuider": ComponentClass("DepthGuider", "mimicbrush.models.depth")},
+    "pooled_proj": {"PooledProjection": ComponentClass("PooledProjection", "mimicbrush.models.image_encoder")},
 }
 DEFAULT_CLASSES = {role: next(iter(classes)) for role, classes in COMPONENT_CLASSES.items()}
 
@@ -194,7 +202,7 @@ def _from_mimicbrush(pretrained: str) -> dict[str, Any]:
     from ..pipeline import MimicBrushPipeline
 
     pipe = MimicBrushPipeline.from_pretrained(pretrained, torch_dtype=torch.float32)
-    components = {role: getattr(pipe, role) for role in COMPONENT_ROLES}
+    components = {role: getattr(pipe, role) for role in COMPONENT_ROLES}  # pooled_proj: None for SD-1.5
     components["depth_input_size"] = pipe.config.depth_input_size
     components["prediction_type"] = pipe.scheduler.config.prediction_type
     components["reference_timestep"] = pipe.config.reference_timestep
@@ -244,7 +252,66 @@ def _from_specs(specs: Mapping[str, ComponentSpec], resolution: int, seed: int) 
         "in_features": components["image_encoder"].config.hidden_size,
         "cross_attention_dim": components["unet"].config.cross_attention_dim,
     })
+    components["pooled_proj"] = None
+    unet_config = components["unet"].config
+    if unet_config.addition_embed_type == "text_time":
+        problem = backbone.unet_problem(unet_config)  # a refiner, say: no width to derive
+        if problem is not None:
+            raise ConfigError(f"model.unet: {problem}")
+        components["pooled_proj"] = make("pooled_proj", {
+            "in_features": components["image_encoder"].config.hidden_size,
+            "out_features": backbone.pooled_width(unet_config)})
+    elif "pooled_proj" in specs:
+        raise ConfigError("model.pooled_proj: only an SDXL-shaped imitative U-Net (addition_embed_type text_time) "
+                          f"takes a pooled vector; model.unet has addition_embed_type "
+                          f"{components['unet'].config.addition_embed_type}")
     return components
+
+
+def pretrained_conflict(role: str, spec: ComponentSpec, pretrained: str) -> str:
+    """The one-line error for a component entry beside `model.pretrained`. An SDXL-shaped U-Net
+    entry beside an SD-1.5 MimicBrush folder (the release layout, or ours) says both shapes: the
+    backbone comes from the weights, so that pair is neither a fine-tune nor an XL model."""
+    generic = f"model.{role}: not allowed with model.pretrained (the whole model comes from it)"
+    entry = _unet_config(spec) if role in ("unet", "reference_unet") else None
+    model = _mimicbrush_unet_config(Path(pretrained))
+    if entry is None or model is None or entry.get("addition_embed_type") != "text_time" \
+            or model[1].get("addition_embed_type") is not None:
+        return generic
+    return (f"model.{role}: SDXL-shaped (addition_embed_type text_time, cross_attention_dim "
+            f"{entry.get('cross_attention_dim', 1280)}), but model.pretrained {pretrained} is an SD-1.5 MimicBrush "
+            f"({model[0]}: no added embedding, cross_attention_dim {model[1].get('cross_attention_dim')}); the backbone "
+            "follows the weights: fine-tune that model without component entries, or train MimicBrush-XL from "
+            "SDXL-shaped U-Nets without model.pretrained")
+
+
+def _unet_config(spec: ComponentSpec) -> Mapping[str, Any] | None:
+    """A U-Net entry's config without loading weights (a hub id fetches config.json only); None
+    where it cannot be read."""
+    if spec.pretrained is None:
+        return spec.config
+    from diffusers import UNet2DConditionModel
+
+    try:
+        return UNet2DConditionModel.load_config(spec.pretrained, subfolder=spec.subfolder)
+    except (OSError, ValueError):
+        return None
+
+
+def _mimicbrush_unet_config(folder: Path) -> tuple[str, Mapping[str, Any]] | None:
+    """(layout, imitative U-Net config) of a local MimicBrush folder, or None."""
+    from ..weights import is_release_layout, read_config
+
+    candidates = [("our format", folder / "unet" / "config.json", (folder / "model_index.json").is_file()),
+                  ("release layout", folder / "stable-diffusion-inpainting" / "unet" / "config.json",
+                   is_release_layout(folder))]
+    for layout, path, recognised in candidates:
+        if recognised and path.is_file():
+            try:
+                return layout, read_config(path)
+            except WeightsError:
+                return None
+    return None
 
 
 def latent_factor(vae) -> int:
@@ -314,6 +381,20 @@ def check_compatible(components: Mapping[str, Any], resolution: int) -> None:
     require(image_proj.config.in_features == encoder.config.hidden_size, "model.image_proj",
             f"in_features {image_proj.config.in_features} != the image encoder's hidden_size "
             f"{encoder.config.hidden_size}")
+    # the added embedding: SDXL's U-Nets both take a pooled vector and six time ids, SD-1.5's none
+    for role in ("unet", "reference_unet"):
+        try:
+            backbone.backbone_of(components[role].config)
+        except ValueError as error:
+            raise ConfigError(f"model.{role}: {error}") from None
+    mismatch = backbone.component_mismatch(unet, reference, components.get("pooled_proj"))
+    if mismatch is not None:
+        raise ConfigError(f"model.{mismatch[0]}: {mismatch[1]}")
+    pooled_proj = components.get("pooled_proj")
+    if pooled_proj is not None:
+        require(pooled_proj.config.in_features == encoder.config.hidden_size, "model.pooled_proj",
+                f"in_features {pooled_proj.config.in_features} != the image encoder's hidden_size "
+                f"{encoder.config.hidden_size}")
     require(guider_factor == vae_factor, "model.depth_guider",
             f"block_out_channels give a {guider_factor}x smaller map, the VAE {vae_factor}x: "
             f"use {int(np.log2(vae_factor)) + 1} widths")

@@ -19,11 +19,12 @@ import yaml
 
 from ..config_reader import Section, type_name
 from ..data.config import DataConfig
-from ..errors import ConfigError
 from ..devices import DTYPES
-from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec
+from ..errors import ConfigError
+from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec, pretrained_conflict
 
-DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "depth_guider")
+# pooled_proj: an SDXL model's pooled projection; an SD-1.5 model has none, and trains the rest
+DEFAULT_TRAINABLE = ("unet", "reference_unet", "image_proj", "pooled_proj", "depth_guider")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names, kept in the scheduler config
@@ -120,6 +121,7 @@ class ImitationConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     dtype: str = "fp32"
+    data_licence: str | None = None  # the training data's licence, for the model card (a Hub licence id)
 
 
 @dataclass(frozen=True)
@@ -263,9 +265,9 @@ def _model(section: Section) -> ModelConfig:
         entry = section.child(role)
         if not entry.given:
             continue
-        if pretrained is not None:
-            raise ConfigError(f"{entry.name}: not allowed with model.pretrained (the whole model comes from it)")
         components[role] = _component(entry, role)
+        if pretrained is not None:
+            raise ConfigError(pretrained_conflict(role, components[role], pretrained))
     section.finish()
     if pretrained is None:
         for role in ("unet", "vae", "image_encoder", "depth_estimator"):
@@ -389,7 +391,8 @@ def _imitation(section: Section) -> ImitationConfig:
 
 
 def _export(section: Section) -> ExportConfig:
-    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)))
+    config = ExportConfig(dtype=section.choice("dtype", ExportConfig.dtype, tuple(DTYPES)),
+                          data_licence=section.string("data_licence", None, optional=True))
     section.finish()
     return config
 

@@ -12,8 +12,16 @@ import torch
 
 from ..data.sources import data_sources
 from ..devices import DTYPES
+from ..model_card import MODEL_CARD_FILE, parameter_counts, training_card
 
 DATA_RECORD_FILE = "training_data.json"
+
+
+def export_trained(pipeline, config, target: Path) -> Path:
+    """A run's export: the weights, their data record and their model card."""
+    record = data_record(config)
+    card = training_card(config, parameter_counts(pipeline), record)
+    return export_pipeline(pipeline, target, config.export.dtype, record, card)
 
 
 def data_record(config) -> dict:
@@ -32,10 +40,10 @@ def data_record(config) -> dict:
     }
 
 
-def export_pipeline(pipeline, target: Path, dtype: str, record: dict | None = None) -> Path:
+def export_pipeline(pipeline, target: Path, dtype: str, record: dict | None = None, card: str | None = None) -> Path:
     """Save `pipeline` (cast to `dtype` in place: call it when training is over) to `target`,
     written beside it and renamed, so an interrupted export never leaves a half folder; `record`
-    (data_record) goes beside the weights as training_data.json."""
+    (data_record) goes beside the weights as training_data.json, `card` as README.md."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target_dtype = DTYPES[dtype]
@@ -49,6 +57,8 @@ def export_pipeline(pipeline, target: Path, dtype: str, record: dict | None = No
         pipeline.save_pretrained(staging, safe_serialization=True)
         if record is not None:
             (staging / DATA_RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        if card is not None:
+            (staging / MODEL_CARD_FILE).write_text(card)
         if target.exists():
             old = staging.with_name(f".trash-{target.name}")
             os.replace(target, old)

@@ -12,7 +12,10 @@ not depend on the batch size, the process count or a resume):
   sample that keeps its reference reads it (it is in `bank.rows`); a dropped one (a share
   `reference_drop`) gets the unconditional image embedding (the encoder on all-zero pixels) and
   plain self-attention, as the guidance row at inference;
-- the depth input is zeroed for a share `depth_drop`, as inference does without shape control.
+- the depth input is zeroed for a share `depth_drop`, as inference does without shape control;
+- for an SDXL backbone both U-Nets also take the added conditions the pipeline gives them
+  (`prepare_added_conditions`): each sample's pooled vector (its reference's, or the
+  unconditional one for a dropped reference) and the time ids of the training resolution.
 
 All components run inside this module's forward, so DDP wraps one forward per step.
 """
@@ -28,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import backbone
+from ..models.backbone import AddedConditions
 from ..models.depth import estimate_depth
 from ..models.image_encoder import penultimate_hidden_states
 from ..models.reference_attention import run_reference_unet
@@ -82,7 +87,9 @@ class MimicBrushObjective(nn.Module):
         self.mask_loss_weight = mask_loss_weight
         self.correspondence_weight = correspondence_weight
         self.attention_accuracy: float | None = None  # of the last forward with correspondence supervision
-        self.parts: Mapping[str, nn.Module] = {role: getattr(pipeline, role) for role in COMPONENT_ROLES}
+        # the model's components (an SD-1.5 model has no pooled projection)
+        self.parts: Mapping[str, nn.Module] = {role: getattr(pipeline, role) for role in COMPONENT_ROLES
+                                               if getattr(pipeline, role) is not None}
         self.trainable = nn.ModuleDict({role: self.parts[role] for role in trainable})
         self.bank = pipeline.bank
         # the model's kind (MimicBrushPipeline's config): None runs the reference U-Net at the
@@ -90,10 +97,16 @@ class MimicBrushObjective(nn.Module):
         self.reference_timestep = pipeline.config.reference_timestep
         self.noise_scheduler = pipeline.scheduler.__class__.from_config(pipeline.scheduler.config)
         self.resolution = pipeline.resolution
+        self.vae_in_float32 = pipeline.vae_needs_float32  # SDXL's VAE: never under fp16 autocast
 
     def _grad(self, role: str):
         """Frozen components run without building a graph."""
         return nullcontext() if role in self.trainable else torch.no_grad()
+
+    def _vae_autocast(self, device: torch.device):
+        """Mixed precision's autocast off for a VAE that overflows in float16 (SDXL's): it runs in
+        the dtype it is stored in, float32 (the trainer keeps it so)."""
+        return torch.autocast(device.type, enabled=False) if self.vae_in_float32 else nullcontext()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         self.bank.record_logits = self.correspondence_weight > 0 and "source_to_reference" in batch
@@ -126,7 +139,7 @@ class MimicBrushObjective(nn.Module):
 
         # one VAE pass for source, collage (masked region black) and reference
         collage = torch.where(mask > 0.5, torch.full_like(source, -1.0), source)
-        with self._grad("vae"):
+        with self._grad("vae"), self._vae_autocast(source.device):
             posterior = parts["vae"].encode(torch.cat([source, collage, reference]).to(parts["vae"].dtype)).latent_dist
         posterior_noise = batch["posterior_noise"].transpose(0, 1).reshape(3 * batch_size, *noise.shape[1:])
         scale = parts["vae"].config.scaling_factor
@@ -141,6 +154,7 @@ class MimicBrushObjective(nn.Module):
         with self._grad("image_encoder"):
             tokens = penultimate_hidden_states(parts["image_encoder"], clip_pixels.to(parts["image_encoder"].dtype))
         embeds = parts["image_proj"](tokens.to(parts["image_proj"].dtype))
+        added = self.added_conditions(tokens)
 
         depth_pixels = torch.where(keep_depth.view(-1, 1, 1, 1), batch["depth_pixels"], 0.0)
         with self._grad("depth_estimator"):
@@ -148,10 +162,20 @@ class MimicBrushObjective(nn.Module):
         depth_feature = parts["depth_guider"](depth_map.to(parts["depth_guider"].dtype), self.resolution)
 
         participation = self._fill_bank(reference_latents, self.reference_timesteps(timesteps), embeds,
-                                        keep_reference)
+                                        keep_reference, added)
         model_input = torch.cat([noisy_latents, latent_mask, masked_latents, depth_feature.float()], dim=1)
-        prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
+        prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds,
+                                   added_cond_kwargs=None if added is None else added.for_unet(), return_dict=False)[0]
         return Prediction(prediction, latents, noisy_latents, noise, timesteps, latent_mask, participation)
+
+    def added_conditions(self, tokens: torch.Tensor) -> AddedConditions | None:
+        """SDXL's added conditions per sample, as the pipeline builds them: the pooled projection
+        of the first (CLS) penultimate token, and the time ids of the training resolution."""
+        if "pooled_proj" not in self.parts:
+            return None
+        pooled = self.parts["pooled_proj"](tokens[:, 0].to(self.parts["pooled_proj"].dtype))
+        ids = backbone.time_ids(self.resolution, len(pooled), pooled.device, pooled.dtype)
+        return AddedConditions(pooled[:, None], ids)
 
     def predicted_latents(self, step: Prediction) -> torch.Tensor:
         """The clean latent the prediction implies, whatever the prediction type."""
@@ -184,20 +208,22 @@ class MimicBrushObjective(nn.Module):
             return timesteps
         return torch.full_like(timesteps, self.reference_timestep)
 
-    def _fill_bank(self, reference_latents, timesteps, embeds, keep_reference) -> torch.Tensor:
+    def _fill_bank(self, reference_latents, timesteps, embeds, keep_reference,
+                   added: AddedConditions | None) -> torch.Tensor:
         """Run the reference U-Net for the samples that keep their reference; returns a zero term
         for the loss (see below)."""
         self.bank.clear()
         kept = keep_reference.nonzero().flatten()
+        rows = kept if len(kept) else kept.new_zeros(1)
+        reference_added = None if added is None else added.for_reference_unet(rows, 1)
+        run_reference_unet(self.parts["reference_unet"], reference_latents[rows], timesteps[rows], embeds[rows],
+                           self.bank, added_cond_kwargs=reference_added)
         if len(kept):
-            run_reference_unet(self.parts["reference_unet"], reference_latents[kept], timesteps[kept], embeds[kept],
-                               self.bank)
             self.bank.rows = kept
             return reference_latents.new_zeros(())
         # No sample keeps its reference: the imitative U-Net reads nothing, but the reference
-        # U-Net still runs on one row and joins the loss with weight 0, so its parameters get a
+        # U-Net still ran on one row and joins the loss with weight 0, so its parameters get a
         # (zero) gradient: DDP needs every trainable parameter in every backward pass.
-        run_reference_unet(self.parts["reference_unet"], reference_latents[:1], timesteps[:1], embeds[:1], self.bank)
         participation = sum(feature.float().sum() for feature in self.bank.features.values()) * 0.0
         self.bank.clear()
         return participation

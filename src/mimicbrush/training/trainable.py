@@ -7,10 +7,26 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 
-def set_trainable(components: Mapping[str, nn.Module], trainable: Sequence[str]) -> None:
-    """Trainable components in train mode with gradients; the others frozen, in eval mode."""
+
+def trainable_roles(configured: Sequence[str], given: bool, components: Mapping[str, nn.Module]) -> tuple[str, ...]:
+    """`train.trainable` less the roles this model lacks: the default names an SDXL model's pooled
+    projection, which an SD-1.5 model does not have. Naming it in a config (`given`) for such a
+    model is an error."""
+    missing = [role for role in configured if role not in components]
+    if given and missing:
+        raise ConfigError(f"train.trainable: {missing[0]}, but this model has none (an SD-1.5 backbone: only "
+                          "SDXL-shaped U-Nets, addition_embed_type text_time, take a pooled vector)")
+    return tuple(role for role in configured if role in components)
+
+
+def set_trainable(components: Mapping[str, nn.Module | None], trainable: Sequence[str]) -> None:
+    """Trainable components in train mode with gradients; the others frozen, in eval mode. A role
+    the model lacks (None: an SD-1.5 model's pooled projection) has nothing to set."""
     for role, module in components.items():
+        if module is None:
+            continue
         module.requires_grad_(role in trainable)
         module.train(role in trainable)
 

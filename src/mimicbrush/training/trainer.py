@@ -28,11 +28,11 @@ from .batches import DataFeed, DataPosition, TrainingSamples
 from .checkpoint import WEIGHTS_FILE, CheckpointStore, TrainerState, load_weights, use_unwrapped_weights
 from .components import COMPONENT_ROLES, build_components
 from .config import OptimConfig, TrainConfig
-from .export import data_record, export_pipeline
+from .export import export_trained
 from .imitation import ImitationProbe, check_held_out, flatten_for_log
 from .objective import DrawSettings, MimicBrushObjective, batch_to_device
 from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
-                        summarize_unreached)
+                        summarize_unreached, trainable_roles)
 from .validation import load_validation_cases, render_validation_grid
 
 
@@ -51,10 +51,27 @@ def build_training_model(config: TrainConfig) -> TrainingModel:
     components = build_components(config.model, config.data.resolution, config.seed)
     pipeline = MimicBrushPipeline(**components)  # attaches the reference attention processors
     pipeline.set_progress_bar_config(disable=True)
-    set_trainable({role: getattr(pipeline, role) for role in COMPONENT_ROLES}, config.train.trainable)
-    objective = MimicBrushObjective(pipeline, config.train.trainable, mask_loss_weight=config.train.mask_loss_weight,
+    parts = {role: getattr(pipeline, role) for role in COMPONENT_ROLES if getattr(pipeline, role) is not None}
+    trainable = trainable_roles(config.train.trainable, "trainable" in (config.document.get("train") or {}), parts)
+    set_trainable(parts, trainable)
+    objective = MimicBrushObjective(pipeline, trainable, mask_loss_weight=config.train.mask_loss_weight,
                                     correspondence_weight=config.train.correspondence_weight)
     return TrainingModel(pipeline, objective)
+
+
+def place_for_training(objective: MimicBrushObjective, device: torch.device, mixed_precision: str,
+                       gradient_checkpointing: bool) -> None:
+    """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones are
+    stored in the half dtype to save memory, but for SDXL's VAE under fp16, which overflows there
+    (the loss runs it in float32, outside autocast)."""
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    for role, module in objective.parts.items():
+        module.to(device)
+        upcast = role == "vae" and half == torch.float16 and objective.vae_in_float32
+        if half is not None and role not in objective.trainable and not upcast:
+            module.to(dtype=half)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(objective.trainable.values())
 
 
 def model_fingerprint(config: TrainConfig) -> dict:
@@ -81,8 +98,7 @@ def export_checkpoint(config: TrainConfig, checkpoint: str | None) -> Path:
     load_weights(model.objective, path / WEIGHTS_FILE)
     if config.train.ema_decay and (path / EMA_FILE).is_file():  # the run's own exports are the average too
         load_average_into(model.objective, path / EMA_FILE)
-    return export_pipeline(model.pipeline, config.output_dir / f"model-step-{state.step:08d}", config.export.dtype,
-                           data_record(config))
+    return export_trained(model.pipeline, config, config.output_dir / f"model-step-{state.step:08d}")
 
 
 def run_copy_of_config(config: TrainConfig) -> str:
@@ -184,15 +200,9 @@ class Trainer:
         return path
 
     def _place_on_device(self) -> None:
-        """Trainable weights stay float32 (mixed precision autocasts the forward); frozen ones
-        are stored in the half dtype to save memory."""
-        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.train.mixed_precision)
-        for role, module in self.objective.parts.items():
-            module.to(self.accelerator.device)
-            if half is not None and role not in self.objective.trainable:
-                module.to(dtype=half)
-        if self.config.train.gradient_checkpointing:
-            enable_gradient_checkpointing(self.objective.trainable.values())
+        train = self.config.train
+        place_for_training(self.objective, self.accelerator.device, train.mixed_precision,
+                           train.gradient_checkpointing)
 
     def _latent_shape(self) -> tuple[int, int, int]:
         side = self.config.data.resolution // self.pipeline.vae_scale_factor
@@ -221,8 +231,11 @@ class Trainer:
                   f"{accelerator.num_processes})")
         sizes = ", ".join(
             f"{role} {sum(p.numel() for p in self.objective.parts[role].parameters() if p.requires_grad) / 1e6:.2f}M"
-            for role in train.trainable)
+            for role in self.objective.trainable)
         self._say(f"trainable parameters: {sizes}")
+        if "pooled_proj" in self.objective.parts and "pooled_proj" not in self.objective.trainable:
+            self._say("note: pooled_proj is not in train.trainable: the SDXL pooled vector stays what it starts as "
+                      "(zero from scratch: SDXL's empty-prompt vector)")
         if unreached:
             self._say(f"frozen, never reached by the loss: {summarize_unreached(unreached)}")
 
@@ -279,7 +292,7 @@ class Trainer:
         target = config.output_dir / "model"
         if accelerator.is_main_process:
             with self._evaluated_weights():
-                export_pipeline(self.pipeline, target, config.export.dtype, data_record(config))
+                export_trained(self.pipeline, config, target)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return target
@@ -358,7 +371,7 @@ class Trainer:
         """Edits of the validation cases with the current weights (main process; others wait)."""
         accelerator, pipeline = self.accelerator, self.pipeline
         if accelerator.is_main_process:
-            modules = [getattr(pipeline, role) for role in COMPONENT_ROLES]
+            modules = list(self.objective.parts.values())
             modes = [module.training for module in modules]
             for module in modules:
                 module.eval()
