@@ -21,6 +21,7 @@ from torch._dynamo.utils import counters
 
 from mimicbrush import edit_options
 from mimicbrush.acceleration import CompiledForward, compile_unets
+from test_train_support import one_thread  # noqa: F401
 from tiny_models import tiny_pipeline
 
 
@@ -45,6 +46,7 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_compiled_edits_compile_once(recompilations):
     pipe = tiny_pipeline()
     compile_unets(pipe, backend="eager")

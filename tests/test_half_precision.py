@@ -1,6 +1,6 @@
 """Half precision on the CPU, so that a dtype mistake that would only show on a GPU fails here:
-whole edits in fp16 and bf16 on the parity kit's tiny release and on the bundled model, compared
-with fp32 by PSNR; training steps under bf16 autocast and under fp16 with the loss scaler
+whole edits in fp16 and bf16 on the parity kit's tiny release, on the bundled model and on a tiny
+SDXL-shaped model (its VAE upcast included), compared with fp32 by PSNR; training steps under bf16 autocast and under fp16 with the loss scaler
 (`torch.amp.GradScaler("cpu")`, which the trainer gives accelerate on the CPU), float64-free.
 
 The PSNR thresholds are set from a measurement (2 DDIM steps, seed 1, model_images, this
@@ -10,6 +10,7 @@ project's 2-core AMD EPYC, torch 2.13.0+cpu), about 5 dB below it for other CPUs
 | --- | --- | --- |
 | tiny release, 64², land source + portrait reference | 53.7–55.0 dB | 39.4–41.5 dB |
 | bundled model, 64², the 4 bundled examples | 59.1–59.6 dB | 48.7–49.1 dB |
+| tiny SDXL-shaped model (tests/tiny_models.py), saved and loaded, 64² | 57.7–58.8 dB | 47.0–47.1 dB |
 
 (the ranges over seeds 1 and 2 and, for the bundled model, every example; the tiny release with
 shape control on too). fp16 on the CPU is slow (10–35× fp32; its depth estimator dominates the
@@ -34,11 +35,15 @@ from mimicbrush.training.trainer import Trainer
 from float64_guard import Float64Guard
 from parity_kit import KIT
 from test_train_support import one_thread, tiny_document, write_config, write_images  # noqa: F401
+from tiny_models import saved_tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # on a shared CPU one thread is several times faster
 
 STEPS = 2
 THRESHOLDS_DB = {  # (model, dtype) -> PSNR floor against fp32: the measurement above less ~5 dB
     ("tiny release", "fp16"): 48.0, ("tiny release", "bf16"): 34.0,
     ("bundled", "fp16"): 54.0, ("bundled", "bf16"): 44.0,
+    ("sdxl", "fp16"): 52.0, ("sdxl", "bf16"): 42.0,
 }
 
 
@@ -85,6 +90,23 @@ def bundled_fp32_image(bundled_inputs):
     return model_image(load_in(None, "fp32"), bundled_inputs)
 
 
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    return saved_tiny_pipeline(tmp_path_factory.mktemp("sdxl"), xl=True)
+
+
+@pytest.fixture(scope="module")
+def sdxl_inputs():
+    rng = np.random.default_rng(0)
+    return dict(source_image=rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), mask_image="4,4,30,30",
+                reference_image=rng.integers(0, 256, (30, 28, 3), dtype=np.uint8), keep_shape=True)
+
+
+@pytest.fixture(scope="module")
+def sdxl_fp32_image(sdxl_folder, sdxl_inputs):
+    return model_image(load_in(sdxl_folder, "fp32"), sdxl_inputs)
+
+
 def check_half_edit(pipe, dtype: str, inputs: dict, fp32_image: np.ndarray, threshold: float) -> None:
     modules = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
     assert {parameter.dtype for module in modules for parameter in module.parameters()} == {DTYPES[dtype]}
@@ -105,6 +127,11 @@ def test_tiny_release_edits_in_half_precision(tiny_release_dir, tiny_release_inp
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_bundled_model_edits_in_half_precision(bundled_inputs, bundled_fp32_image, dtype):
     check_half_edit(load_in(None, dtype), dtype, bundled_inputs, bundled_fp32_image, THRESHOLDS_DB["bundled", dtype])
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_sdxl_shaped_model_edits_in_half_precision(sdxl_folder, sdxl_inputs, sdxl_fp32_image, dtype):
+    check_half_edit(load_in(sdxl_folder, dtype), dtype, sdxl_inputs, sdxl_fp32_image, THRESHOLDS_DB["sdxl", dtype])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +171,7 @@ def forward_dtypes(trainer: Trainer) -> set[torch.dtype]:
     return seen
 
 
-@pytest.mark.usefixtures("fresh_accelerate_state", "one_thread")
+@pytest.mark.usefixtures("fresh_accelerate_state")
 def test_training_steps_under_bf16_autocast(tmp_path, images):
     trainer = half_trainer(tmp_path, images, "bf16")
     before, computed_in = trainable_copy(trainer), forward_dtypes(trainer)
@@ -156,7 +183,7 @@ def test_training_steps_under_bf16_autocast(tmp_path, images):
     assert all(not torch.equal(old, new) for old, new in zip(before, trainable_copy(trainer)) if old.numel() > 1)
 
 
-@pytest.mark.usefixtures("fresh_accelerate_state", "one_thread")
+@pytest.mark.usefixtures("fresh_accelerate_state")
 def test_fp16_training_scales_the_loss_and_skips_an_overflowing_step(tmp_path, images):
     """accelerate makes no loss scaler on the CPU; the trainer gives it torch's CPU GradScaler, so
     the fp16 path a GPU takes (scaled backward, unscale before clipping, a step skipped on

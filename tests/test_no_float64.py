@@ -16,7 +16,7 @@ from mimicbrush.training import load_train_config
 from mimicbrush.training.trainer import Trainer
 from float64_guard import Float64Guard
 from test_train_support import one_thread, tiny_document, write_config, write_images  # noqa: F401
-from tiny_models import tiny_pipeline
+from tiny_models import tiny_pipeline, tiny_xl_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +40,8 @@ def test_the_guard_sees_float64_wherever_it_is_made():
 
 def test_an_edit_makes_no_float64():
     """The default sampler with shape control and two references, the release's compute pattern
-    with zoom, then every named sampler; and the bundled model (the other kind of model)."""
+    with zoom, then every named sampler; the bundled model (the other kind of model) and an
+    SDXL-shaped one (its added conditions)."""
     pipe = tiny_pipeline()
     source, reference = images()
     edit = dict(source_image=source, reference_image=reference, num_inference_steps=2)
@@ -54,6 +55,7 @@ def test_an_edit_makes_no_float64():
         bundled = load_pipeline(None, device="cpu")
         bundled.set_progress_bar_config(disable=True)
         bundled(**edit, mask_image="8,8,40,30", keep_shape=True, generator=edit_options.generator(3))
+        tiny_xl_pipeline()(**edit, mask_image="8,8,40,30", keep_shape=True, generator=edit_options.generator(4))
     assert not guard.found, guard.report()
 
 
