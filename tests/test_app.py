@@ -209,11 +209,157 @@ def test_a_service_without_an_output_folder_writes_no_file(monkeypatch, tmp_path
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a stray temp file would land
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)  # Gradio's cache: the temp dir's gradio/
     service = EditService(tiny_pipeline(), model_label="tiny", max_side=512)
     result = service.run(box_request())
     assert result.path is None and result.image.size == (96, 64)
     assert list(tmp_path.iterdir()) == []
     from mimicbrush.app import build_app
 
-    build_app(service, with_examples=False)  # the app chooses a temporary folder for its downloads
-    assert service.output_dir is not None and service.output_dir.parent == tmp_path
+    # the app chooses a temporary folder for its downloads, inside Gradio's cache (served from
+    # there, not copied into it)
+    build_app(service, with_examples=False)
+    assert service.output_dir is not None and service.output_dir.parent == (tmp_path / "gradio").resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Result files (results.py)
+
+
+def test_result_files_keep_the_newest_per_session_and_in_all_and_go_with_their_session(tmp_path):
+    from mimicbrush.app.results import ResultFiles
+
+    def result(name):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(b"png")
+        return path
+
+    files = ResultFiles(per_session=2, in_all=3)
+    files.keep("a", result("a1"))
+    files.keep("a", result("a2"))
+    assert files.keep("a", result("a3")) == [tmp_path / "a1.png"]  # a's oldest
+    files.keep("b", result("b1"))
+    assert files.keep("c", result("c1")) == [tmp_path / "a2.png"]  # the oldest of all, whoever's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a3.png", "b1.png", "c1.png"]
+    assert files.end_session("a") == [tmp_path / "a3.png"] and files.end_session("a") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b1.png", "c1.png"]
+    (tmp_path / "b1.png").unlink()  # Gradio's own sweep got there first: not an error
+    assert files.end_session("b") == [tmp_path / "b1.png"]
+    assert files.files() == [tmp_path / "c1.png"]
+
+
+def test_history_drops_files_that_are_gone(tmp_path):
+    from mimicbrush.app.ui import HISTORY_LIMIT, updated_history
+
+    kept, gone = tmp_path / "kept.png", tmp_path / "gone.png"
+    kept.write_bytes(b"png")
+    history = updated_history([(str(gone), "old"), (str(kept), "older")], "new.png", "newest")
+    assert history == [("new.png", "newest"), (str(kept), "older")]
+    full = [(str(kept), str(i)) for i in range(HISTORY_LIMIT)]
+    assert len(updated_history(full, "new.png", "newest")) == HISTORY_LIMIT
+
+
+# ---------------------------------------------------------------------------------------------
+# Logins (accounts.py, mimicbrush app --auth / --auth-file / --no-auth)
+
+
+def test_auth_file_lines_comments_and_passwords_with_colons(tmp_path):
+    from mimicbrush.app.accounts import collect_accounts
+
+    logins = tmp_path / "logins"
+    logins.write_bytes("\ufeff# studio logins\n\nalice:s3cret:with:colons\n  bob : p#ss word \n".encode())
+    assert collect_accounts(["carol:pw"], logins) == [
+        ("alice", "s3cret:with:colons"), ("bob", "p#ss word"), ("carol", "pw")]
+
+
+@pytest.mark.parametrize(
+    ("content", "auth", "message"),
+    [
+        (b"alice:ok\nhunter2\n", None, r"--auth-file \S+ line 2 is not user:password"),
+        (b"# none\n\n", None, "holds no user:password line"),
+        (b"alice:ok\n:hunter2\n", None, "line 2 has an empty user name"),
+        (b"alice:\n", None, "line 1 has an empty password for user 'alice'"),
+        (b"alice:ok\n\xffhunter2:x\n", None, "line 2 is not UTF-8"),
+        (b"alice:hunter2\n", ["alice:other"], r"user 'alice' is given twice \(--auth-file \S+ line 1 and --auth\)"),
+        (None, ["alice:a", "hunter2"], r"--auth #2 is not user:password"),
+        (None, ["alice:a", "alice:hunter2"], r"given twice \(--auth #1 and --auth #2\)"),
+    ],
+)
+def test_bad_logins_are_refused_naming_the_line_never_the_password(tmp_path, content, auth, message):
+    from mimicbrush.app.accounts import collect_accounts
+
+    path = None
+    if content is not None:
+        path = tmp_path / "logins"
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as refused:
+        collect_accounts(auth, path)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_missing_auth_file_is_named(tmp_path):
+    from mimicbrush.app.accounts import collect_accounts
+
+    with pytest.raises(InputError, match=f"--auth-file {tmp_path / 'nope'}: no such file"):
+        collect_accounts(None, tmp_path / "nope")
+    with pytest.raises(InputError, match="is a folder"):
+        collect_accounts(None, tmp_path)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """Runs `mimicbrush app` with the tiny model up to Gradio's launch, which is recorded instead
+    of serving: [(demo, launch's keyword arguments)]. (What launch passes to Gradio comes from
+    the demo: its `mimicbrush_auth`.)"""
+    import mimicbrush.app as app
+
+    calls = []
+    monkeypatch.setattr(app.EditService, "load", classmethod(
+        lambda cls, model, **kwargs: cls(tiny_pipeline(), model_label=str(model), max_side=kwargs["max_side"])))
+    monkeypatch.setattr(app, "launch", lambda demo, **kwargs: calls.append((demo, kwargs)))
+    return calls
+
+
+def test_a_network_host_needs_a_login_or_no_auth(launched, capsys, tmp_path):
+    from mimicbrush.cli import main
+
+    port = str(free_port())
+    assert main(["app", "--model", "x", "--host", "0.0.0.0", "--port", port]) == 2
+    error = capsys.readouterr().err
+    assert "--host 0.0.0.0 serves the app to other machines" in error and "--no-auth" in error
+    assert main(["app", "--host", "0.0.0.0", "--port", port, "--no-auth", "--auth", "a:b"]) == 2
+    assert "contradicts" in capsys.readouterr().err
+    assert launched == []  # refused before anything loaded
+
+    assert main(["app", "--model", "x", "--host", "0.0.0.0", "--port", port, "--no-auth", "--max-queue", "3",
+                 "--no-examples"]) == 0
+    demo, _ = launched[-1]
+    assert demo.mimicbrush_auth is None and demo._queue.max_size == 3
+    assert not any(c.get("props", {}).get("elem_id") == "logout" for c in demo.config["components"])
+    assert "notice: serving on 0.0.0.0: anyone who can reach this machine can use the app" in capsys.readouterr().err
+
+
+def test_logins_reach_gradio_and_the_start_line_says_so_without_passwords(launched, capsys, tmp_path):
+    from mimicbrush.cli import main
+
+    logins = tmp_path / "logins"
+    logins.write_text("alice:hunter2\n")
+    logins.chmod(0o644)
+    assert main(["app", "--model", "x", "--host", "0.0.0.0", "--port", str(free_port()), "--auth-file", str(logins),
+                 "--auth", "bob:swordfish", "--no-examples"]) == 0
+    demo, _ = launched[-1]
+    assert demo.mimicbrush_auth == [("alice", "hunter2"), ("bob", "swordfish")] and demo._queue.max_size == 64
+    assert any(c.get("props", {}).get("elem_id") == "logout" for c in demo.config["components"])
+    output = capsys.readouterr()
+    assert "hunter2" not in output.err + output.out and "swordfish" not in output.err + output.out
+    assert f"notice: --auth-file {logins} can be read by other users of this machine (chmod 600 it)" in output.err
+    assert ("notice: serving on 0.0.0.0 with a login for the page and the API, 2 users (alice, bob): "
+            "anyone who can reach this machine gets the login page") in output.err

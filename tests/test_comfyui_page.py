@@ -40,11 +40,9 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from server_process import stop
-from test_comfyui_real import EDIT_NODE, PYTHON, WORKFLOWS, cli_edit, free_port, get
+from test_comfyui_real import EDIT_NODE, PYTHON, WORKFLOWS, cli_edit, get, running_comfyui, server_env
 
 CHROMIUM = os.environ.get("MIMICBRUSH_CHROMIUM", "/usr/bin/chromium")
-START_TIMEOUT_S = 180
 PAGE_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 600  # one edit through the page, on a CPU that may be shared
 ACE_SCRIPT = "https://cdn.jsdelivr.net/npm/ace-builds@*/src-noconflict/ace.js"
@@ -80,9 +78,7 @@ def comfyui(tmp_path_factory):
         pytest.skip("comfyui-frontend-package is not installed in MIMICBRUSH_COMFYUI_PYTHON's venv: "
                     f"{PYTHON} -m pip install comfyui-frontend-package==<the version /api/system_stats asks for>")
     work = tmp_path_factory.mktemp("comfyui-page")
-    env = {**os.environ, "HOME": str(work / "home"), "TMPDIR": str(work / "system-tmp"), "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
-    (work / "home").mkdir(), (work / "system-tmp").mkdir()
+    env = server_env(work)
     subprocess.run([PYTHON, "-m", "mimicbrush.comfyui.workflows", str(work / "input")], check=True, env=env,
                    capture_output=True, timeout=300)
     # A first visit opens the template browser over a blank graph; a returning user's settings
@@ -90,30 +86,10 @@ def comfyui(tmp_path_factory):
     settings = work / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    port, log = free_port(), work / "server.log"
-    started = time.perf_counter()
-    with open(log, "wb") as log_file:
-        server = subprocess.Popen([str(Path(PYTHON).parent / "comfyui"), "--cpu", "--listen", "127.0.0.1", "--port",
-                                   str(port), "--cwd", str(work)],
-                                  stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=work)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while server.poll() is None:
-            try:
-                get(f"{base}/object_info/MimicBrushEdit", timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not list MimicBrushEdit within {START_TIMEOUT_S} s")
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"ComfyUI exited with {server.returncode}: {log.read_text()[-3000:]}")
-        stats = get(f"{base}/api/system_stats")["system"]
-        yield {"base": base, "work": work, "env": env, "log": log, "start_seconds": time.perf_counter() - started,
-               "required_frontend": stats.get("required_frontend_version")}
-    finally:
-        stop(server, timeout=30)
+    # not --disable-api-nodes: its Content-Security-Policy keeps the page from loading (module docstring)
+    with running_comfyui(PYTHON, work, env, flags=()) as server:
+        stats = get(f"{server['base']}/api/system_stats")["system"]
+        yield {**server, "required_frontend": stats.get("required_frontend_version")}
 
 
 @pytest.fixture(scope="module")

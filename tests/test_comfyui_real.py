@@ -119,16 +119,17 @@ def get(url: str, timeout: float = 10):
 
 
 @contextmanager
-def running_comfyui(python: str, work: Path, env: dict):
+def running_comfyui(python: str, work: Path, env: dict, flags: tuple[str, ...] = ("--disable-api-nodes",)):
     """A headless ComfyUI of `python`'s venv with `work` as its working folder (custom_nodes/,
-    input/, output/), on a free loopback port, once it lists MimicBrushEdit; always stopped."""
+    input/, output/), on a free loopback port, once it lists MimicBrushEdit; always stopped.
+    `flags`: further server flags (the page test leaves out --disable-api-nodes: docs/comfyui.md)."""
     port = free_port()
     log = work / "server.log"
     comfy = Path(python).parent / "comfyui"
     started = time.perf_counter()
     with open(log, "wb") as log_file:
         server = subprocess.Popen([str(comfy), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                   "--cwd", str(work), "--disable-api-nodes"],
+                                   "--cwd", str(work), *flags],
                                   stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=work)
     base = f"http://127.0.0.1:{port}"
     try:

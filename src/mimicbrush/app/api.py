@@ -32,7 +32,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
     def edit(source: str | None, mask: str | None, box: str, reference: str | None, reference_box: str,
              keep_shape: bool, zoom: str, steps: int, guidance: float, seed: int, scheduler: str = "ddim",
              more_references: list[str] | None = None, more_reference_boxes: str = "",
-             progress=gr.Progress()):
+             request: gr.Request = None, progress=gr.Progress()):
         """Repaint the masked region of `source` by imitating `reference`.
 
         source, reference: image files. mask: an image file (> 128 or painted alpha = edit) or
@@ -48,7 +48,7 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
         try:
             source_image = service.load_source(source)
             references, hints = _references(reference, reference_box, more_references, more_reference_boxes)
-            request = EditRequest(
+            edit_request = EditRequest(
                 source=source_image,
                 mask=_mask(source_image.size, mask, box, service),
                 reference=references,
@@ -60,8 +60,8 @@ def build_api(service: EditService, max_file_size: str | int | None = DEFAULT_MA
                 zoom=zoom or edit_options.DEFAULT_ZOOM,
                 scheduler=scheduler or edit_options.DEFAULT_SCHEDULER,
             )
-            outcome = service.run(request, on_step=lambda done, total: progress(
-                (done, total), desc="Repainting", unit="steps"))
+            outcome = service.run(edit_request, on_step=lambda done, total: progress(
+                (done, total), desc="Repainting", unit="steps"), session=request.session_hash if request else "")
         except InputError as error:
             raise gr.Error(str(error), print_exception=False) from None
         info = {**outcome.settings, "notes": outcome.notes, "size": list(outcome.image.size)}

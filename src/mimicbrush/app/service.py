@@ -20,6 +20,7 @@ import PIL.ImageDraw
 
 from .. import __version__, edit_options, editing, imaging, samplers
 from ..errors import InputError
+from .results import ResultFiles
 
 # The longest side the app accepts for any image. The pipeline itself takes up to
 # imaging.MAX_IMAGE_SIDE, but a shared web app should not let one upload take the memory of a
@@ -188,15 +189,17 @@ class EditService:
     results never depend on who else is using the app.
 
     output_dir: where `run` writes each result as a PNG (the download); None writes nothing (the
-    caller chooses where files go: the web app gives it a temporary folder)."""
+    caller chooses where files go: the web app gives it a temporary folder). `results` keeps
+    those files bounded (results.py says how many, and when the rest are deleted)."""
 
     def __init__(self, pipe, model_label: str = "", max_side: int = DEFAULT_MAX_SIDE,
-                 output_dir: str | Path | None = None):
+                 output_dir: str | Path | None = None, results: ResultFiles | None = None):
         self.pipe = pipe
         self.model_label = model_label
         self.max_side = max_side
         self._lock = threading.Lock()
         self.output_dir = None if output_dir is None else Path(output_dir)
+        self.results = results or ResultFiles()
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         # the model's own scheduler config: every named scheduler is built from it
@@ -285,9 +288,9 @@ class EditService:
             self._built_schedulers[name] = samplers.make_scheduler(name, self._model_scheduler_config)
         return self._built_schedulers[name]
 
-    def run(self, request: EditRequest, on_step: StepCallback | None = None) -> EditResult:
-        """Validate, edit, and write the result PNG (when the service has an output folder). Raises
-        InputError with a user-facing message."""
+    def run(self, request: EditRequest, on_step: StepCallback | None = None, session: str = "") -> EditResult:
+        """Validate, edit, and write the result PNG (when the service has an output folder), kept
+        as `session`'s newest result. Raises InputError with a user-facing message."""
         self.check_request(request)
         source = self.load_source(request.source)
         if request.mask is None:
@@ -361,6 +364,7 @@ class EditService:
         if self.output_dir is not None:
             path = imaging.save_image(image, self.output_dir / f"mimicbrush-{seed}-{uuid.uuid4().hex[:8]}.png",
                                       metadata=settings)
+            self.results.keep(session, path)
         depth = next((depth for depth in output.depth_images if depth is not None), None)
         return EditResult(
             image=image,

@@ -6,19 +6,22 @@ the editor's values into an EditRequest and the service's InputErrors into gr.Er
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 import gradio as gr
 
 from ..errors import InputError
 from . import demo_examples as app_examples
+from . import results
 from .service import MAX_GUIDANCE, MAX_STEPS, EditRequest, EditService, box_preview, mask_from_layers
 from .. import edit_options, imaging, samplers
 
 # Every event that runs the model shares this concurrency group, so the UI and the API queue
 # behind the same single model.
 MODEL_QUEUE = "mimicbrush-model"
-HISTORY_LIMIT = 24  # newest edits kept in a session's history
+HISTORY_LIMIT = results.PER_SESSION  # newest edits kept in a session's history: the files kept for it
 
 INTRO = """\
 # MimicBrush
@@ -84,9 +87,12 @@ def uploaded_mask(path: str, size: tuple[int, int], max_side: int) -> np.ndarray
         raise
 
 
-def build_ui(service: EditService, examples_dir: str | None = None) -> None:
-    """Add the editor page to the current gr.Blocks."""
+def build_ui(service: EditService, examples_dir: str | None = None, with_logout: bool = False) -> None:
+    """Add the editor page to the current gr.Blocks (for an app behind a login, with who is logged
+    in and a Log out button: on a shared workstation the next person should not edit as the last)."""
     gr.Markdown(INTRO)
+    if with_logout:
+        add_account_bar()
     history_state = gr.State([])
     source_array = gr.State(None)  # the source as uploaded, for drawing a box on it
     corner_state = gr.State(None)  # first corner of a box being drawn
@@ -196,7 +202,7 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
     # --- the edit --------------------------------------------------------------------------------
 
     def on_run(source_value, box_text, mask_path, reference_value, reference_box_text, more_paths, keep, zoom_in,
-               n_steps, scale, seed_value, sampler_name, past, progress=gr.Progress()):
+               n_steps, scale, seed_value, sampler_name, past, request: gr.Request, progress=gr.Progress()):
         try:
             image, mask = editor_inputs(source_value, box_text or "", "source")
             if image is None:
@@ -214,21 +220,21 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
             if more_paths:  # the others are used whole: no region to mark on them
                 reference_image = [reference_image, *(str(path) for path in more_paths)]
                 hint = [hint] + [None] * len(more_paths)
-            request = EditRequest(
+            edit = EditRequest(
                 source=image, mask=mask, reference=reference_image, reference_box=hint,
                 keep_shape=bool(keep), steps=int(n_steps), guidance=float(scale),
                 seed=None if seed_value is None or seed_value < 0 else int(seed_value),
                 zoom="auto" if zoom_in else "off", scheduler=sampler_name or samplers.DEFAULT_SAMPLER,
             )
-            outcome = service.run(request, on_step=lambda done, total: progress(
-                (done, total), desc="Repainting", unit="steps"))
+            outcome = service.run(edit, on_step=lambda done, total: progress(
+                (done, total), desc="Repainting", unit="steps"), session=request.session_hash)
         except InputError as error:
             raise gr.Error(str(error), print_exception=False) from None
         caption = (f"seed {outcome.seed}, {outcome.settings['steps']} {outcome.settings['scheduler']} steps, "
                    f"guidance {outcome.settings['guidance']:g}")
         if outcome.settings["keep_shape"]:
             caption += ", shape kept"
-        past = ([(str(outcome.path), caption)] + list(past or []))[:HISTORY_LIMIT]
+        past = updated_history(past, str(outcome.path), caption)
         return (
             str(outcome.path),
             gr.DownloadButton(value=str(outcome.path), visible=True),
@@ -253,6 +259,36 @@ def build_ui(service: EditService, examples_dir: str | None = None) -> None:
 
     if examples_dir is not None:
         add_examples(examples_dir, [source, box, mask_file, reference, reference_box, keep_shape, zoom])
+
+
+def add_account_bar() -> None:
+    """Who is logged in (Gradio's request.username, filled in when the page loads) and a Log out
+    link, for an app behind a login."""
+    with gr.Row(equal_height=False, elem_id="account"):
+        user = gr.Markdown(elem_id="account-user")
+        gr.Button("Log out", link="logout", size="sm", scale=0, min_width=90, elem_id="logout")
+
+    def who(request: gr.Request) -> str:
+        return f"Logged in as **{request.username}**"
+
+    gr.on(None, who, None, user, api_visibility="private", queue=False, show_progress="hidden")
+
+
+def updated_history(past: list | None, path: str, caption: str) -> list:
+    """The session's history with the newest result first, HISTORY_LIMIT long. The session keeps
+    that many result files (results.py), but Gradio's day-old sweep may have taken an older one:
+    a missing file would fail the whole update, so it leaves the history."""
+    kept = [entry for entry in past or [] if Path(entry[0]).exists()]
+    return [(path, caption), *kept][:HISTORY_LIMIT]
+
+
+def end_sessions(demo: gr.Blocks, service: EditService) -> None:
+    """When a session ends (its tab is closed, its gradio_client Client closes), its result files go."""
+
+    def end_session(request: gr.Request):
+        service.results.end_session(request.session_hash)
+
+    demo.unload(end_session)
 
 
 def example_values(row: list) -> tuple:
