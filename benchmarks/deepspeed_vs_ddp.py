@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,14 +119,16 @@ def run_pair(out_dir: Path, steps: int, precision: str, extra: list[str] | None 
 
 
 def markdown(report: dict) -> str:
-    lines = ["| mixed precision | steps | loss, DDP (first → last) | loss, ZeRO-2 (first → last) | loss gap, max / mean "
-             "| weight gap (largest, relative) |",
+    lines = ["| mixed precision | steps | loss, DDP (first → last) | loss, ZeRO-2 (first → last) "
+             "| loss gap (relative), max / mean | weight gap: U-Net; largest (component) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for pair in report["runs"]:
         ddp, zero, gap = pair["ddp_loss"], pair["zero2_loss"], pair["loss_relative_difference"]
-        weights = max(pair["weight_gap_relative_to_largest_weight"].values())
+        weights = pair["weight_gap_relative_to_largest_weight"]
+        largest = max(weights, key=weights.get)
         lines.append(f"| {pair['precision']} | {pair['steps']} | {ddp[0]:.4f} → {ddp[-1]:.4f} | "
-                     f"{zero[0]:.4f} → {zero[-1]:.4f} | {gap['max']:.2%} / {gap['mean']:.2%} | {weights:.1e} |")
+                     f"{zero[0]:.4f} → {zero[-1]:.4f} | {gap['max']:.1e} / {gap['mean']:.1e} | "
+                     f"{weights['unet']:.1e}; {weights[largest]:.1e} ({largest}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="where the runs go (default: a temp folder)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument("--from-json", type=Path, default=None, help="no runs: the table of an earlier -o report")
     args = parser.parse_args(argv)
-    import tempfile
-
+    if args.from_json:
+        (args.markdown or Path("/dev/stdout")).write_text(markdown(json.loads(args.from_json.read_text())))
+        return 0
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="deepspeed-vs-ddp-"))
     report = {"config": str(TINY_XL.relative_to(ROOT)), "accelerate_file": str(ZERO2.relative_to(ROOT)),
               "processes": 2, "device": "cpu (gloo)", "runs": []}
