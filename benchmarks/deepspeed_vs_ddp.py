@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-2 against DDP: the same run, the same seed, launched both ways.
 
-    python benchmarks/deepspeed_vs_ddp.py [--steps 40] [--precisions no,bf16] [-o report.json] [--markdown table.md]
+    python benchmarks/deepspeed_vs_ddp.py [--steps 40] [--precisions no,bf16] [--optimizer adamw]
+        [-o report.json] [--markdown table.md]
 
 Trains configs/train-tiny-xl.yaml (data from ../shared/data) as 2 CPU processes (gloo; DeepSpeed
 on its CPU accelerator), once with plain DDP (`torch.distributed.run`) and once under
@@ -9,7 +10,9 @@ ZeRO-2 run is stopped at half the steps and resumed, as a preempted job would be
 `train.mixed_precision` it reports both loss curves (TensorBoard's train/loss, every step) and
 how far the exported weights are apart. DDP's bf16 is autocast over float32 weights; ZeRO-2's is
 DeepSpeed's (bf16 weights, float32 master weights in the optimizer, no autocast), so in bf16 the
-two differ by more than rounding. Needs `pip install deepspeed` in the Python that runs it.
+two differ by more than rounding. `--optimizer adamw8bit` runs bitsandbytes' 8-bit AdamW both
+ways (under ZeRO-2 as DeepSpeed's client optimizer, on each process's flat shard). Needs
+`pip install deepspeed` (and bitsandbytes for adamw8bit) in the Python that runs it.
 """
 
 from __future__ import annotations
@@ -95,11 +98,14 @@ def weight_gap(first: Path, second: Path) -> dict[str, float]:
     return gaps
 
 
-def run_pair(out_dir: Path, steps: int, precision: str, extra: list[str] | None = None) -> dict:
+def run_pair(out_dir: Path, steps: int, precision: str, extra: list[str] | None = None,
+             optimizer: str = "adamw") -> dict:
     """DDP for `steps`, then ZeRO-2 for half of them and resumed to the end; both curves."""
     common = [f"train.mixed_precision='{precision}'", f"train.max_steps={steps}", "logging.every_steps=1",
-              f"checkpoint.every_steps={max(1, steps // 2)}", "validation.every_steps=0", *(extra or [])]
-    ddp_dir, zero_dir = out_dir / f"ddp-{precision}", out_dir / f"zero2-{precision}"
+              f"checkpoint.every_steps={max(1, steps // 2)}", "validation.every_steps=0",
+              f"optim.optimizer={optimizer}", *(extra or [])]
+    label = precision if optimizer == "adamw" else f"{precision}-{optimizer}"
+    ddp_dir, zero_dir = out_dir / f"ddp-{label}", out_dir / f"zero2-{label}"
     check(launch_ddp(TINY_XL, [*common, f"output_dir={ddp_dir}"]), "DDP")
     first = check(launch_zero2(TINY_XL, [*common, f"output_dir={zero_dir}", f"train.max_steps={max(1, steps // 2)}"]),
                   "ZeRO-2")
@@ -108,6 +114,7 @@ def run_pair(out_dir: Path, steps: int, precision: str, extra: list[str] | None 
     relative = [abs(zero[step] - ddp[step]) / abs(ddp[step]) for step in sorted(ddp)]
     return {
         "precision": precision,
+        "optimizer": optimizer,
         "steps": steps,
         "ddp_loss": [ddp[step] for step in sorted(ddp)],
         "zero2_loss": [zero[step] for step in sorted(zero)],
@@ -119,14 +126,14 @@ def run_pair(out_dir: Path, steps: int, precision: str, extra: list[str] | None 
 
 
 def markdown(report: dict) -> str:
-    lines = ["| mixed precision | steps | loss, DDP (first → last) | loss, ZeRO-2 (first → last) "
+    lines = ["| mixed precision | optimizer | steps | loss, DDP (first → last) | loss, ZeRO-2 (first → last) "
              "| loss gap (relative), max / mean | weight gap: U-Net; largest (component) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for pair in report["runs"]:
         ddp, zero, gap = pair["ddp_loss"], pair["zero2_loss"], pair["loss_relative_difference"]
         weights = pair["weight_gap_relative_to_largest_weight"]
         largest = max(weights, key=weights.get)
-        lines.append(f"| {pair['precision']} | {pair['steps']} | {ddp[0]:.4f} → {ddp[-1]:.4f} | "
+        lines.append(f"| {pair['precision']} | {pair.get('optimizer', 'adamw')} | {pair['steps']} | {ddp[0]:.4f} → {ddp[-1]:.4f} | "
                      f"{zero[0]:.4f} → {zero[-1]:.4f} | {gap['max']:.1e} / {gap['mean']:.1e} | "
                      f"{weights['unet']:.1e}; {weights[largest]:.1e} ({largest}) |")
     return "\n".join(lines) + "\n"
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--precisions", default="no,bf16", help="train.mixed_precision values, comma-separated")
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"), help="optim.optimizer of both")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the runs go (default: a temp folder)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"config": str(TINY_XL.relative_to(ROOT)), "accelerate_file": str(ZERO2.relative_to(ROOT)),
               "processes": 2, "device": "cpu (gloo)", "runs": []}
     for precision in args.precisions.split(","):
-        report["runs"].append(run_pair(work, args.steps, precision))
+        report["runs"].append(run_pair(work, args.steps, precision, optimizer=args.optimizer))
     text = json.dumps(report, indent=1)
     print(text)
     if args.output:

@@ -24,7 +24,7 @@ import torch
 from mimicbrush.errors import ConfigError
 from mimicbrush.training import export_checkpoint, load_train_config
 from mimicbrush.training.averaging import WeightAverage
-from mimicbrush.training.checkpoint import STATE_FILE, TrainerState
+from mimicbrush.training.checkpoint import STATE_FILE, CheckpointStore, TrainerState
 from mimicbrush.training.trainer import Trainer, build_training_model, model_fingerprint, place_for_training
 from mimicbrush.training.zero import configure_deepspeed
 from test_train_model import sample_batch
@@ -163,8 +163,8 @@ def test_the_weight_average_of_half_precision_weights_is_float32():
 
 
 def test_a_deepspeed_checkpoint_is_not_resumed_without_deepspeed(tmp_path):
-    """Its optimizer state is DeepSpeed's, sharded per process (the other way round, and a
-    DeepSpeed run on another number of processes, are refused the same way: opt-in test)."""
+    """Its optimizer state is DeepSpeed's, sharded per process (the opt-in test launches the
+    refusals for real, and that of a DeepSpeed run on another number of processes)."""
     config = xl_config(tmp_path)
     checkpoint = config.output_dir / "checkpoints" / "step-00000002"
     checkpoint.mkdir(parents=True)
@@ -227,3 +227,12 @@ def test_zero2_on_two_processes_resumes_and_matches_ddp(tmp_path):
     for role in ("unet", "pooled_proj"):
         final, again = state_of(run / "model", role), state_of(exported, role)
         assert all(torch.equal(final[key], again[key]) for key in final), role
+
+    # its sharded optimizer state resumes only as it was saved: 2 DeepSpeed processes
+    resume = [f"output_dir={run}", "train.max_steps=6", "--resume"]
+    one = script.launch_zero2(script.TINY_XL, resume, processes=1)
+    assert one.returncode != 0 and (f"{checkpoint} holds DeepSpeed's optimizer state sharded over 2 processes; "
+                                    "this run has 1: resume it with 2") in one.stderr
+    plain = script.launch_ddp(script.TINY_XL, resume, processes=2)
+    assert plain.returncode != 0 and f"{checkpoint} was saved under DeepSpeed ZeRO-2 and this run is without" in plain.stderr
+    assert CheckpointStore(run / "checkpoints").latest() == checkpoint  # nothing written
