@@ -31,6 +31,12 @@ step takes minutes (docs/performance.md, "MimicBrush-XL at real size"):
 repeated: cost does not depend on the pixels): time interleaved repeat by repeat in this process,
 memory in a fresh process per count (CPU: a process's peak RSS only grows, so one process cannot
 tell the counts apart), and each count's ratio to the first.
+
+`--dtypes fp32,fp16,bf16` times the default path with the same weights in each dtype, interleaved
+repeat by repeat, and each dtype's time as a multiple of the first's (wall and CPU seconds): what
+the fp16-on-the-CPU notice quotes (mimicbrush.devices.FP16_CPU_SLOWDOWN):
+
+    python benchmarks/bench_inference.py --small --device cpu --steps 4 --repeats 3 --dtypes fp32,fp16,bf16
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+import copy
+
 import numpy as np
 import torch
 from accelerate import init_empty_weights
@@ -62,6 +70,7 @@ from transformers import (
 
 from mimicbrush import DepthGuider, ImageProjection, MimicBrushPipeline, PooledProjection
 from mimicbrush.acceleration import compile_unets, place_pipeline
+from mimicbrush.devices import DTYPES, resolve_device
 from mimicbrush.models import backbone
 from mimicbrush.scheduling import release_scheduler
 
@@ -236,6 +245,8 @@ def model_kind(pipe, reference_timestep: int | None):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class ComponentTimes:
@@ -371,6 +382,37 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
     return results
 
 
+def measure_dtypes(pipe, device, args, resolution: int, names: list[str]) -> dict:
+    """The default path with `pipe`'s weights cast to each dtype, timed interleaved repeat by
+    repeat (wall and this process's CPU seconds); each dtype's times over the first's, of the
+    medians and of the minima (on a shared CPU the minimum is the least disturbed run)."""
+    pipes = {name: copy.deepcopy(pipe).to(dtype=DTYPES[name]) for name in names}
+    for name in names:
+        time_edit(pipes[name], device, resolution, args.steps, False)  # warm-up
+    seconds = {name: [] for name in names}
+    cpu_seconds = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            start = time.process_time()
+            seconds[name].append(time_edit(pipes[name], device, resolution, args.steps, False))
+            cpu_seconds[name].append(time.process_time() - start)
+    first = names[0]
+    results = {}
+    for name in names:
+        median, median_cpu = statistics.median(seconds[name]), statistics.median(cpu_seconds[name])
+        results[name] = {
+            "median_s_per_edit": round(median, 4),
+            "min_s_per_edit": round(min(seconds[name]), 4),
+            "all_s": [round(value, 4) for value in seconds[name]],
+            "median_cpu_s_per_edit": round(median_cpu, 4),
+            "all_cpu_s": [round(value, 4) for value in cpu_seconds[name]],
+            f"time_vs_{first}": round(median / statistics.median(seconds[first]), 3),
+            f"cpu_time_vs_{first}": round(median_cpu / statistics.median(cpu_seconds[first]), 3),
+            f"min_time_vs_{first}": round(min(seconds[name]) / min(seconds[first]), 3),
+        }
+    return results
+
+
 def measure(pipe, device, resolution: int, steps: int, repeats: int,
             variants: dict[str, tuple[bool, int | None]]) -> dict:
     """Time each variant (name → faithful flag, reference timestep of the model's kind) on the
@@ -480,8 +522,9 @@ def single_edit(pipe, device: torch.device, resolution: int, steps: int) -> dict
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default fp16 on CUDA")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else the CPU), cpu, cuda, mps")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                        help="default fp16 on CUDA and MPS, fp32 on the CPU (mimicbrush.devices)")
     parser.add_argument("--small", action="store_true", help="narrow model (CPU-sized), resolution 256; with "
                         "--backbone sdxl the XL structure in miniature at 64²")
     parser.add_argument("--backbone", choices=["sd15", "sdxl"], default="sd15",
@@ -500,12 +543,15 @@ def main(argv=None) -> int:
                         "--modes, timed by stage and step with its peak memory and output checked (the real-size "
                         "XL on a CPU: minutes a step)")
     parser.add_argument("--memory-of-references", type=int, help=argparse.SUPPRESS)  # the child of --references
+    parser.add_argument("--dtypes", help="comma list of dtypes, e.g. fp32,fp16,bf16: the default path's time in "
+                        "each (the same weights), interleaved, as a multiple of the first's, instead of --modes")
     parser.add_argument("-o", "--output", help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    device = resolve_device(args.device)
+    dtype = DTYPES[args.dtype or ("fp16" if device.type in ("cuda", "mps") else "fp32")]
+    if args.dtypes:
+        dtype = torch.float32  # built once in fp32, then cast to each
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     size = SIZES["small" if args.small else "full"]
@@ -550,6 +596,12 @@ def main(argv=None) -> int:
         report["single_edit"] = {str(resolution): single_edit(pipe, device, resolution, args.steps)
                                  for resolution in resolutions}
         report["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+        return write_report(report, args.output)
+    if args.dtypes:
+        names = args.dtypes.split(",")
+        print(f"timing {', '.join(names)} at {resolutions[0]} ...", file=sys.stderr)
+        report["dtypes"] = measure_dtypes(pipe, device, args, resolutions[0], names)
+        del report["results"], report["dtype"]
         return write_report(report, args.output)
     if args.references:
         counts = [int(count) for count in args.references.split(",")]

@@ -23,6 +23,7 @@ from mimicbrush.scheduling import release_scheduler
 from mimicbrush.benchmark.scoring import METRIC_KEYS, CaseScorer
 from mimicbrush.benchmark.tracks import load_tracks
 from mimicbrush.cli import main
+from mimicbrush.devices import resolve_device
 from mimicbrush.errors import InputError, MimicBrushError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -305,7 +306,8 @@ def test_cli_run_and_compare(track_root, tmp_path, capsys, stand_in_loader):
     assert main(["bench", "run", str(track_root), "-o", str(tmp_path / "true"), "--steps", "3", *common]) == 0
     captured = capsys.readouterr()
     loaded = {key: stand_in_loader[key] for key in ("model", "device", "dtype")}
-    assert loaded == {"model": "some/model", "device": "auto", "dtype": "auto"}
+    # `auto` resolved once, so that the scoring networks get the same device (tests/test_devices.py)
+    assert loaded == {"model": "some/model", "device": str(resolve_device("auto")), "dtype": "auto"}
     assert (
         captured.out.startswith("| run | track |") and "| true | PartComp/WithinInstance | true | 3 |" in captured.out
     )

@@ -2,28 +2,18 @@
 2-step case when MIMICBRUSH_FULL_PARITY=1 (it writes about 9 GB of random weights)."""
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from mimicbrush import MimicBrushPipeline
 
-from parity_kit import compare, load_cases, model_dir, require_kit, run_case
+from parity_kit import compare, load_cases, model_dir, run_case
 
 
 @pytest.fixture(scope="session")
-def weights_root(tmp_path_factory):
-    require_kit()
-    root = os.environ.get("MIMICBRUSH_PARITY_DIR")
-    return Path(root) if root else tmp_path_factory.mktemp("parity")
-
-
-@pytest.fixture(scope="session")
-def tiny_pipeline(weights_root):
-    pipe = MimicBrushPipeline.from_pretrained(model_dir("tiny", weights_root))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def tiny_pipeline(tiny_release_pipeline):  # conftest.py: shared with the half-precision tests
+    return tiny_release_pipeline
 
 
 @pytest.mark.slow

@@ -38,12 +38,13 @@ def test_the_sdxl_recipe_is_the_papers_at_1024():
 
 
 def test_the_zero2_file_agrees_with_the_recipe():
-    """What the two files must keep equal (their comments say so), and the paper's batch of 64."""
+    """The file leaves the batch, accumulation and clipping to the training config (the trainer
+    writes them into DeepSpeed's config: tests/test_train_deepspeed.py); with the recipe it makes
+    the paper's batch of 64."""
     config, launch = load_recipe(), load_config_from_file(str(ZERO2))  # accelerate's own reader
     deepspeed = launch.deepspeed_config
     assert launch.distributed_type == "DEEPSPEED" and deepspeed["zero_stage"] == 2
     assert launch.mixed_precision == config.train.mixed_precision
-    assert deepspeed["gradient_accumulation_steps"] == config.train.gradient_accumulation_steps
-    assert deepspeed["gradient_clipping"] == config.train.max_grad_norm
+    assert not {"gradient_accumulation_steps", "gradient_clipping"} & set(deepspeed)
     global_batch = launch.num_processes * config.train.batch_size * config.train.gradient_accumulation_steps
     assert global_batch == 64

@@ -2,7 +2,6 @@
 
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from mimicbrush.weights import (
     read_state_dict,
     resolve_model,
 )
-from parity_kit import load_cases, model_dir, require_kit, run_case
+from parity_kit import load_cases, run_case
 
 
 class RunsCode:
@@ -81,10 +80,8 @@ def test_model_resolution_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_release(tmp_path_factory):
-    require_kit()
-    root = os.environ.get("MIMICBRUSH_PARITY_DIR")
-    return model_dir("tiny", Path(root) if root else tmp_path_factory.mktemp("kit"))
+def tiny_release(tiny_release_dir):  # conftest.py: written once per session
+    return tiny_release_dir
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import nn
 
+from .devices import check_offload
 from .errors import InputError
 
 OFFLOAD_MODES = ("none", "model", "sequential")
@@ -21,10 +22,9 @@ def place_pipeline(pipe, device: torch.device, offload: str = "none"):
     """
     if offload not in OFFLOAD_MODES:
         raise InputError(f"unknown offload mode {offload!r} (use {', '.join(OFFLOAD_MODES)})")
+    check_offload(offload, device)
     if offload == "none":
         return pipe.to(device)
-    if device.type == "cpu":
-        raise InputError("--offload keeps weights in CPU memory for a GPU run; it needs --device cuda")
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -34,7 +34,9 @@ def place_pipeline(pipe, device: torch.device, offload: str = "none"):
 
 class CompiledForward:
     """A module's forward through torch.compile, falling back to eager (with one warning) when
-    compilation fails, e.g. without a C++ compiler or Triton."""
+    compilation fails, e.g. without a C++ compiler or Triton. Shapes are static: an edit's U-Net
+    inputs do not depend on its seed, images or mask, so a process compiles once per setting
+    (tests/test_compile_once.py)."""
 
     def __init__(self, module: nn.Module, mode: str | None, backend: str = "inductor"):
         self.eager = module.forward
@@ -56,8 +58,11 @@ def compile_unets(pipe, mode: str | None = None, backend: str = "inductor") -> N
     """Compile both U-Nets (static shapes). On CUDA the default mode replays CUDA graphs, which
     removes the launch overhead that dominates an eager SD-1.5 step. The reference U-Net then runs
     to its end: an early exit would break the graph. `backend="eager"` captures the graphs without
-    generating code (gpu_check's CPU rehearsal: dynamo's path in seconds, not minutes)."""
-    if mode is None:
+    generating code (gpu_check's CPU rehearsal, tests/test_compile_once.py: dynamo's path, guards and
+    recompilations included, in seconds, not minutes); only inductor takes a mode."""
+    if backend != "inductor":
+        mode = None
+    elif mode is None:
         mode = "reduce-overhead" if pipe.unet.device.type == "cuda" else "default"
     for unet in (pipe.unet, pipe.reference_unet):
         unet.to(memory_format=torch.channels_last)

@@ -106,6 +106,16 @@ def generator(seed: int):
     return torch.Generator("cpu").manual_seed(seed)
 
 
+def check_generator(generator) -> None:
+    """The pipeline's generator is a CPU one (or None): a CUDA or MPS generator would make a seed's
+    edit depend on the device, and torch cannot draw CPU noise from it."""
+    device = getattr(generator, "device", None)
+    if device is not None and device.type != "cpu":
+        raise InputError(f"generator: a {device.type} generator was given, but the edit's noise is drawn on the "
+                         "CPU so that a seed gives the same edit on every device: pass "
+                         "torch.Generator('cpu').manual_seed(seed)")
+
+
 def unet_calls(scheduler, steps: int, mask01, zoom: str) -> int:
     """How many U-Net calls one edit makes, known before it runs (for progress bars): the
     scheduler's for `steps` (heun 2N−1), once per region a zoomed edit makes (editing.plan_regions;

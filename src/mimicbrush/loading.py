@@ -1,35 +1,12 @@
-"""Load a pipeline for the CLI, the app and the benchmark: device, dtype and model choice."""
+"""Load a pipeline for the CLI, the app and the benchmark: the model's choice, on the device and
+in the dtype that devices.py's rule picks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from .errors import InputError, WeightsError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but no CUDA GPU is available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on CUDA, fp32 elsewhere (half precision on CPU is slow and lossy)."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r} (use auto, fp32, fp16 or bf16)")
-    return DTYPES[dtype]
-
+from .devices import DTYPES, resolve_device, resolve_dtype  # noqa: F401  (the package's names for them)
+from .errors import WeightsError
 
 # said wherever a command falls back on the bundled model: its weights are trained on DAVIS 2016
 # (CC BY-NC 4.0), so they are for non-commercial use (model card; docs/demo-model.md says where a
@@ -59,10 +36,12 @@ def load_pipeline(
     `offload` (none, model, sequential) and `compiled`; a hub id is downloaded into `cache_dir`
     (default the Hugging Face cache)."""
     from .acceleration import compile_unets, place_pipeline
+    from .devices import check_offload
     from .pipeline import MimicBrushPipeline
 
-    target = resolve_device(device)
+    target = resolve_device(device)  # a device that is not there, or offload without one, fail before loading
     torch_dtype = resolve_dtype(dtype, target)
+    check_offload(offload, target)
     pipe = MimicBrushPipeline.from_pretrained(model if model is not None else default_model(), torch_dtype=torch_dtype,
                                               cache_dir=cache_dir)
     pipe = place_pipeline(pipe, target, offload)

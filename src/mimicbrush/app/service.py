@@ -209,12 +209,13 @@ class EditService:
 
     @classmethod
     def load(cls, model: str | None, device: str = "auto", dtype: str = "auto", offload: str = "none",
-             **kwargs) -> "EditService":
-        """Load the model once (the bundled demo model when `model` is None)."""
+             compiled: bool = False, **kwargs) -> "EditService":
+        """Load the model once (the bundled demo model when `model` is None); `compiled`: compiled
+        U-Nets (acceleration.compile_unets)."""
         from ..loading import default_model, load_pipeline
 
         location = model if model is not None else default_model()
-        pipe = load_pipeline(location, device=device, dtype=dtype, offload=offload)
+        pipe = load_pipeline(location, device=device, dtype=dtype, offload=offload, compiled=compiled)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, model_label=str(model or "bundled demo model"), **kwargs)
 

@@ -58,6 +58,11 @@ def describe_library_error(error: Exception, args: argparse.Namespace) -> str | 
             else "Use a smaller batch or image size"
         )
         return f"out of GPU memory ({first_line}). {remedy}, close other programs using the GPU, or use --device cpu"
+    if isinstance(error, NotImplementedError) and "for the MPS device" in first_line:
+        # torch's own message goes on for several sentences; its first names the operator
+        operator = first_line.split(". ")[0].rstrip(".")
+        return (f"{operator}: run again with PYTORCH_ENABLE_MPS_FALLBACK=1 in the environment (that operator then "
+                "runs on the CPU, more slowly), or with --device cpu")
     if isinstance(error, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in first_line:
         return f"out of memory (RAM): {first_line}. Close other programs or use smaller inputs"
     if isinstance(error, OSError):

@@ -10,6 +10,7 @@ import sys
 import time
 
 from ..errors import InputError
+from . import options
 
 
 def register(subparsers) -> None:
@@ -34,10 +35,12 @@ def register(subparsers) -> None:
                         help="serve a --host other than this machine without a login: anyone who can reach it can edit")
     parser.add_argument("--max-queue", type=int, default=None, metavar="N",
                         help="edits waiting at most; more are refused with 'Queue is full' (default 64)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    options.add_device_arguments(parser)
     parser.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
                         help="keep weights in CPU memory and stream them to the GPU (lower peak memory)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the U-Nets (CUDA graphs on GPU; falls back to eager if it fails): the first edit "
+                        "compiles, later edits with the same settings reuse it")
     parser.add_argument("--max-side", type=int, default=None, metavar="PX",
                         help="longest image side accepted, in pixels (default 4096)")
     parser.add_argument("--max-file-size", default=None, metavar="SIZE",
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         print(BUNDLED_MODEL_NOTICE, file=sys.stderr)
     service = EditService.load(args.model, device=args.device, dtype=args.dtype, offload=args.offload,
-                               max_side=args.max_side or DEFAULT_MAX_SIDE)
+                               compiled=args.compile, max_side=args.max_side or DEFAULT_MAX_SIDE)
     demo = build_app(service, max_file_size=args.max_file_size or DEFAULT_MAX_FILE_SIZE,
                      with_examples=not args.no_examples, queue_size=args.max_queue or QUEUE_SIZE, auth=accounts)
     notice = _access_notice(args.host, accounts)

@@ -74,8 +74,7 @@ def _register_run(commands) -> None:
              "mirrored left-right (ablations)",
     )
     parser.add_argument("--zoom", choices=("off", "auto"), default="off")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    options.add_device_arguments(parser)
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N cases")
     parser.add_argument(
         "--dino-model",
@@ -125,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..benchmark.runner import EditSettings, run_benchmark
     from ..benchmark.scoring import CaseScorer
     from ..benchmark.tracks import load_tracks
+    from ..devices import resolve_device
     from ..loading import load_pipeline
     from ..sharding import launch_state, process_device
 
@@ -142,14 +142,14 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     state = launch_state(args.device)
-    device = process_device(state, args.device)
+    device = str(resolve_device(process_device(state, args.device)))  # the pipeline's and the scorers'
     scorer = None
     if state.is_main_process:  # load the metric networks first: fail before hours of edits
         scorer = CaseScorer.load(
             _unless_none(args.dino_model),
             _unless_none(args.clip_model),
             _unless_none(args.lpips_net),
-            device=str(state.device) if device == "auto" else device,
+            device=device,
         )
         for reason in dict.fromkeys(scorer.skipped.values()):  # CLIP-I and CLIP-T share one
             print(f"note: {reason}", file=sys.stderr)

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loading import DTYPES
+    from ..devices import DTYPES
     from ..model_card import MODEL_CARD_FILE, parameter_counts, release_card
     from ..pipeline import MimicBrushPipeline
     from ..weights import is_release_layout

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=20, help="scheduler steps (default 20)")
     options.add_scheduler_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    options.add_device_arguments(parser, dtype=False)
     parser.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
     parser.set_defaults(func=run)
 

@@ -38,8 +38,7 @@ def register(subparsers) -> None:
                         help=f"guidance scale (default {edit_options.DEFAULT_GUIDANCE})")
     parser.add_argument("--seed", type=int, help=f"random seed, 0 to {edit_options.MAX_SEED} "
                         "(default: a random one, printed and stored)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    options.add_device_arguments(parser)
     parser.add_argument("--no-reference", action="store_true",
                         help="the unconditional branch alone (the 'no reference' ablation)")
     options.add_editing_arguments(parser)  # --zoom, --zoom-margin, --zoom-threshold, --reference-box

@@ -28,6 +28,15 @@ def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """--device and --dtype, for every command that loads a model (mimicbrush.devices: the rule)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (default auto)")
+    if dtype:
+        parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                            help="auto: fp16 on CUDA and MPS, fp32 on the CPU (where fp16 is slow)")
+
+
 def add_editing_arguments(parser: argparse.ArgumentParser) -> None:
     """--zoom, --zoom-margin, --zoom-threshold, --reference-box (`edit`)."""
     parser.add_argument(

@@ -1,7 +1,7 @@
 """What the nodes use of the ComfyUI they run in, imported when used (never at import time).
 
-Without ComfyUI (CI, the Python API) every function here has a plain fallback: the CPU or CUDA
-as `loading.resolve_device` picks, no progress bar, no interrupt, no model management. The
+Without ComfyUI (CI, the Python API) every function here has a plain fallback: CUDA, MPS or the
+CPU as `devices.resolve_device` picks, no progress bar, no interrupt, no model management. The
 pip-installable fork names its modules `comfy.cmd.folder_paths`; upstream ComfyUI `folder_paths`.
 """
 

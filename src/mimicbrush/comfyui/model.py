@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .. import samplers
-from ..loading import DTYPES, default_model, load_pipeline
+from ..devices import DTYPES
+from ..loading import default_model, load_pipeline
 from . import host
 
 BUNDLED = "bundled demo model (CC BY-NC 4.0, non-commercial)"

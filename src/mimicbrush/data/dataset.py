@@ -89,8 +89,9 @@ class PairDataset(Dataset):
             "mask": torch.from_numpy(pair.mask).float()[None],
             "source_uint8": torch.from_numpy(pair.source),  # S×S×3, for the depth estimator
             # where each source pixel lies in the reference: known exactly for a still (one image
-            # augmented twice), unknown for video frames (all zeros)
-            "source_to_reference": torch.from_numpy(source_to_reference(pair)).float(),
+            # augmented twice), unknown for video frames (all zeros); computed in float64, made float32
+            # before it is a tensor (MPS has no float64)
+            "source_to_reference": torch.from_numpy(source_to_reference(pair).astype(np.float32)),
         }
 
     def sample_pair(self, index: int, *, epoch: int | None = None, with_debug: bool = False) -> TrainingPair:

@@ -32,6 +32,9 @@ class WeightAverage:
         self.names = [name for name, _ in named]
         self.parameters = [parameter for _, parameter in named]
         self.ema = EMAModel(self.parameters, decay=decay)
+        # float32 even where the weights are half precision (DeepSpeed's bf16): a half-precision
+        # average would round away updates of (1 - decay) × the weights' change
+        self.ema.to(dtype=torch.float32)
 
     @property
     def step_count(self) -> int:

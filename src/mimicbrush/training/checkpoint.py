@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, WeightsError
+from .zero import full_precision_state_dict
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"  # accelerate's name for the first prepared model
@@ -37,6 +38,7 @@ class TrainerState:
     batch_size: int
     gradient_accumulation_steps: int
     model: dict[str, Any]  # the `model:` section and `train.trainable` the weights belong to
+    deepspeed_zero_stage: int | None = None  # None: saved without DeepSpeed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -120,15 +122,28 @@ class CheckpointStore:
 def use_unwrapped_weights(accelerator) -> None:
     """Make accelerate save and load the trainable weights under the unwrapped module's names,
     so a checkpoint resumes whatever the process count (DDP would prefix every key with
-    `module.`) and `--export` can read it without accelerate."""
+    `module.`) and `--export` can read it without accelerate.
+
+    DeepSpeed saves and loads its own files instead (the weights, and the optimizer state with
+    the float32 master weights, sharded per process); beside them the checkpoint gets the master
+    weights gathered into `model.safetensors`, for `--export`."""
+    from accelerate.utils import DistributedType
+
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
 
     def save_unwrapped(models, weights, output_dir) -> None:
-        if len(weights) == len(models):  # DeepSpeed writes its own files instead
+        if deepspeed and len(models) == 1:
+            from safetensors.torch import save_file
+
+            state = full_precision_state_dict(accelerator.unwrap_model(models[0]), keep=accelerator.is_main_process)
+            if state is not None:
+                save_file(state, str(Path(output_dir) / WEIGHTS_FILE), metadata={"format": "pt"})
+        elif len(weights) == len(models):
             weights[:] = [accelerator.unwrap_model(model).state_dict() for model in models]
 
     def load_unwrapped(models, input_dir) -> None:
         path = Path(input_dir) / WEIGHTS_FILE
-        if path.is_file() and len(models) == 1:
+        if not deepspeed and path.is_file() and len(models) == 1:
             load_weights(accelerator.unwrap_model(models[0]), path)
             models.clear()  # tells accelerate they are loaded
 

@@ -19,8 +19,8 @@ import yaml
 
 from ..config_reader import Section, type_name
 from ..data.config import DataConfig
+from ..devices import DTYPES
 from ..errors import ConfigError
-from ..loading import DTYPES
 from .components import COMPONENT_CLASSES, COMPONENT_ROLES, DEFAULT_CLASSES, ComponentSpec, pretrained_conflict
 
 # pooled_proj: an SDXL model's pooled projection; an SD-1.5 model has none, and trains the rest

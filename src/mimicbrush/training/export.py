@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..data.sources import data_sources
-from ..loading import DTYPES
+from ..devices import DTYPES
 from ..model_card import MODEL_CARD_FILE, parameter_counts, training_card
 
 DATA_RECORD_FILE = "training_data.json"

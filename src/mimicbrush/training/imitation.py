@@ -130,12 +130,15 @@ def flatten_for_log(results: Mapping[str, Mapping[str, float]]) -> dict[str, flo
             for timestep, values in results.items() for name, value in values.items()}
 
 
-def measure_model(model: str, config: ImitationConfig, device: str = "cpu") -> dict:
+def measure_model(model: str, config: ImitationConfig, device: str = "auto") -> dict:
     """The metric on a saved model (a folder or hub id, as `--model` takes), e.g. before
-    fine-tuning it or on the shipped weights."""
+    fine-tuning it or on the shipped weights; in fp32 on the device the package's rule picks
+    (devices.py; the draws are the same on every device)."""
+    from ..devices import resolve_device
     from ..loading import load_pipeline
 
-    pipeline = load_pipeline(model, device=device, dtype="fp32")
+    device = resolve_device(device)
+    pipeline = load_pipeline(model, device=str(device), dtype="fp32")
     if config.data.resolution != pipeline.resolution:
         raise ConfigError(f"imitation.data.resolution: {config.data.resolution}, but the model edits at "
                           f"{pipeline.resolution}²; measure at the model's resolution")

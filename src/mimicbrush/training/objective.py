@@ -164,7 +164,9 @@ class MimicBrushObjective(nn.Module):
         participation = self._fill_bank(reference_latents, self.reference_timesteps(timesteps), embeds,
                                         keep_reference, added)
         model_input = torch.cat([noisy_latents, latent_mask, masked_latents, depth_feature.float()], dim=1)
-        prediction = parts["unet"](model_input, timesteps, encoder_hidden_states=embeds,
+        # the latents are float32; a U-Net stored in half precision without autocast (DeepSpeed's
+        # bf16) takes them in its dtype
+        prediction = parts["unet"](model_input.to(parts["unet"].dtype), timesteps, encoder_hidden_states=embeds,
                                    added_cond_kwargs=None if added is None else added.for_unet(), return_dict=False)[0]
         return Prediction(prediction, latents, noisy_latents, noise, timesteps, latent_mask, participation)
 
@@ -216,8 +218,9 @@ class MimicBrushObjective(nn.Module):
         kept = keep_reference.nonzero().flatten()
         rows = kept if len(kept) else kept.new_zeros(1)
         reference_added = None if added is None else added.for_reference_unet(rows, 1)
-        run_reference_unet(self.parts["reference_unet"], reference_latents[rows], timesteps[rows], embeds[rows],
-                           self.bank, added_cond_kwargs=reference_added)
+        reference_unet = self.parts["reference_unet"]
+        run_reference_unet(reference_unet, reference_latents[rows].to(reference_unet.dtype), timesteps[rows],
+                           embeds[rows], self.bank, added_cond_kwargs=reference_added)
         if len(kept):
             self.bank.rows = kept
             return reference_latents.new_zeros(())

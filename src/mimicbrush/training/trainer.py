@@ -34,6 +34,8 @@ from .objective import DrawSettings, MimicBrushObjective, batch_to_device
 from .trainable import (enable_gradient_checkpointing, freeze_unreached, probe_batch, set_trainable,
                         summarize_unreached, trainable_roles)
 from .validation import load_validation_cases, render_validation_grid
+from .zero import (accelerator_options, configure_deepspeed, full_precision_state_dict, launched_with_deepspeed,
+                   load_full_precision, zero_stage)
 
 
 class TrainingDiverged(MimicBrushError):
@@ -128,11 +130,13 @@ class Trainer:
         self.config = config
         self.store = CheckpointStore(config.output_dir / "checkpoints")
         self.accelerator = accelerator = make_accelerator(config)
+        self.zero_stage = zero_stage(accelerator)  # None without DeepSpeed
         use_unwrapped_weights(accelerator)
         resume_from = self._checkpoint_to_resume(resume)
         state = TrainerState.read(resume_from) if resume_from is not None else None
         if state is not None:
             _check_fingerprint(state, config, resume_from)
+            self._check_resumable(state, resume_from)
         # global RNGs serve only randomness inside components (e.g. dropout); the loss's own
         # draws come from per-sample generators
         set_seed(config.seed, device_specific=True)
@@ -199,6 +203,19 @@ class Trainer:
             self._say(f"--resume: no checkpoint in {self.store.root} yet, starting from step 0")
         return path
 
+    def _check_resumable(self, state: TrainerState, path: Path) -> None:
+        """DeepSpeed's optimizer state is its own, sharded per process: only the same DeepSpeed
+        setup resumes it (`--export` reads any checkpoint)."""
+        def setup(stage):
+            return "without DeepSpeed" if stage is None else f"under DeepSpeed ZeRO-{stage}"
+
+        if state.deepspeed_zero_stage != self.zero_stage:
+            raise ConfigError(f"{path} was saved {setup(state.deepspeed_zero_stage)} and this run is "
+                              f"{setup(self.zero_stage)}: resume it as it was launched, or export it with --export")
+        if self.zero_stage is not None and state.num_processes != self.accelerator.num_processes:
+            raise ConfigError(f"{path} holds DeepSpeed's optimizer state sharded over {state.num_processes} processes; "
+                              f"this run has {self.accelerator.num_processes}: resume it with {state.num_processes}")
+
     def _place_on_device(self) -> None:
         train = self.config.train
         place_for_training(self.objective, self.accelerator.device, train.mixed_precision,
@@ -225,8 +242,9 @@ class Trainer:
     def _describe(self, unreached: list[str]) -> None:
         accelerator, train = self.accelerator, self.config.train
         global_batch = train.batch_size * train.gradient_accumulation_steps * accelerator.num_processes
-        self._say(f"training on {accelerator.num_processes} process(es), {accelerator.device.type}, mixed precision "
-                  f"{train.mixed_precision}; {global_batch} samples per step "
+        deepspeed = "" if self.zero_stage is None else f" with DeepSpeed ZeRO-{self.zero_stage}"
+        self._say(f"training on {accelerator.num_processes} process(es){deepspeed}, {accelerator.device.type}, "
+                  f"mixed precision {train.mixed_precision}; {global_batch} samples per step "
                   f"({train.batch_size} per process × {train.gradient_accumulation_steps} accumulated × "
                   f"{accelerator.num_processes})")
         sizes = ", ".join(
@@ -290,6 +308,10 @@ class Trainer:
             progress.close()
             self.objective.bank.clear()
         target = config.output_dir / "model"
+        if self.zero_stage is not None:  # the master weights, not DeepSpeed's half-precision copies
+            weights = full_precision_state_dict(self.objective, keep=accelerator.is_main_process)
+            if accelerator.is_main_process:
+                load_full_precision(self.objective, weights)
         if accelerator.is_main_process:
             with self._evaluated_weights():
                 export_trained(self.pipeline, config, target)
@@ -308,8 +330,8 @@ class Trainer:
                 mean_loss = accelerator.reduce(loss.detach().clone(), reduction="mean").item()
                 if not math.isfinite(mean_loss):
                     self._diverged(mean_loss, micro_step)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and train.max_grad_norm is not None:
+                accelerator.backward(loss)  # under DeepSpeed, also its clipping and optimizer step
+                if accelerator.sync_gradients and train.max_grad_norm is not None and self.zero_stage is None:
                     accelerator.clip_grad_norm_(self.parameters, train.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -336,6 +358,7 @@ class Trainer:
             step=self.step, epoch=self.feed.position.epoch, sample_offset=self.feed.position.offset,
             num_processes=self.accelerator.num_processes, batch_size=train.batch_size,
             gradient_accumulation_steps=train.gradient_accumulation_steps, model=model_fingerprint(self.config),
+            deepspeed_zero_stage=self.zero_stage,
         )
         path = self.store.save(self.accelerator, state, self.config.checkpoint.keep_last,
                                write_extra=None if self.average is None else self.average.save)
@@ -396,19 +419,29 @@ def make_accelerator(config: TrainConfig):
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("training logs need tensorboard: pip install tensorboard (or mimicbrush[train])")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed = launched_with_deepspeed()
     accelerator = Accelerator(
-        # processes without a GPU join (over gloo) only when accelerate is told they are CPU ones;
-        # one process keeps accelerate's own choice (CUDA, MPS or the CPU)
-        cpu=launched > 1 and not torch.cuda.is_available(),
+        # processes without a GPU join (over gloo) only when accelerate is told they are CPU ones
+        # (DeepSpeed's are told otherwise: zero.py); one process keeps accelerate's own choice
+        # (CUDA, MPS or the CPU)
+        cpu=launched > 1 and not torch.cuda.is_available() and not deepspeed,
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
         mixed_precision=config.train.mixed_precision,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(config.output_dir),
                                             logging_dir=str(config.output_dir / "logs")),
+        **(accelerator_options() if deepspeed else {}),
     )
     if launched != accelerator.num_processes:  # else every process would train alone, into one folder
         raise ConfigError(f"launched as {launched} processes, but accelerate runs {accelerator.num_processes}: "
                           "see docs/training.md for how to launch several processes")
+    if zero_stage(accelerator) is not None:
+        configure_deepspeed(accelerator, config.train)
+    elif config.train.mixed_precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
+        # accelerate runs fp16 on the CPU with neither autocast nor a loss scaler (plain fp32 beside the
+        # frozen parts in fp16); both, as on a GPU, make a CPU run what a GPU run is, only slower
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
         torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
