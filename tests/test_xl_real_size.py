@@ -1,8 +1,7 @@
 """MimicBrush-XL at its real size: the sizes benchmarks/bench_inference.py builds it with (on the
 meta device, seconds), and a 2-step 1024² edit with random bf16 weights on the CPU when
-MIMICBRUSH_FULL_XL=1 (14 GiB peak, 6 minutes on a 2-core CPU with a core to itself, 12 on a
-busy one; the same edit runs in miniature at 64² without it). docs/performance.md has the
-measured figures."""
+MIMICBRUSH_FULL_XL=1 (14.6 GiB peak; on a 2-core CPU 3 minutes idle, 12 busy; the same edit
+runs in miniature at 64² without it). docs/performance.md has the measured figures."""
 
 import os
 import resource
@@ -45,7 +44,7 @@ def test_real_size_components(bench):
 @pytest.mark.parametrize("size", [
     "tiny",
     pytest.param("full", marks=pytest.mark.skipif(
-        not FULL_XL, reason="set MIMICBRUSH_FULL_XL=1 (14 GiB of memory, 6–12 minutes on a 2-core CPU)")),
+        not FULL_XL, reason="set MIMICBRUSH_FULL_XL=1 (15 GiB of memory, 3–12 minutes on a 2-core CPU)")),
 ])
 def test_xl_edit_loads_runs_and_pastes_back(bench, size):
     """Built in bf16 in memory (no float32 copy on the way), a 2-step edit at the model's own
