@@ -17,6 +17,16 @@ initialised, instead of the SD-1.5 sizes (configs/demo-model.yaml: the bundled m
 
     python benchmarks/bench_inference.py --model-config configs/demo-model.yaml --steps 20 --modes fast,fast-t0
 
+`--backbone sdxl` builds MimicBrush-XL instead (SDXL's U-Nets, VAE scaling and added conditions,
+the same encoders; 1024², or the 64² miniature with `--small`), directly in the given dtype with
+random values. `--single-edit` times one edit of `--steps` steps in place of the modes' warm-up and
+repeats: by stage (encoders, VAE encoder and decoder, each U-Net; wall and CPU seconds) and by
+step, with the load's time and peak memory apart, the edit's peak, and its output checked (the
+source's size, unchanged beyond the mask's feathered edge). The real-size XL on a CPU, where a
+step takes minutes (docs/performance.md, "MimicBrush-XL at real size"):
+
+    python benchmarks/bench_inference.py --backbone sdxl --dtype bf16 --device cpu --steps 2 --single-edit
+
 `--references 1,2,4` instead measures the default path with that many references (the same one,
 repeated: cost does not depend on the pixels): time interleaved repeat by repeat in this process,
 memory in a fresh process per count (CPU: a process's peak RSS only grows, so one process cannot
@@ -35,6 +45,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -157,21 +168,32 @@ def random_pipeline(size: dict, device: torch.device, dtype: torch.dtype) -> Mim
     return _filled_pipeline(components, device, dtype)
 
 
+def fill_random(module: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                generator: torch.Generator) -> torch.nn.Module:
+    """Materialise a meta-device module on `device` directly in `dtype` (no float32 copy first:
+    the real-size XL pipeline is 12 GB in bf16 and would pass 24 GB in float32) and fill it with
+    the parity kit's kind of random values: fan-in scaled weights, unit norms, small biases. One
+    `normal_` per tensor: seconds per billion parameters on a CPU, where diffusers' own
+    initialisation would first build every module in float32."""
+    module.to(dtype)  # on the meta device: only the dtype changes (integer buffers keep theirs)
+    module.to_empty(device=device)
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        with torch.no_grad():
+            if not tensor.is_floating_point():  # position ids (to_empty left them uninitialised)
+                tensor.copy_(torch.arange(tensor.shape[-1], device=device).expand_as(tensor))
+            elif name.endswith(".bias") or tensor.ndim == 1 and not name.endswith("weight"):
+                tensor.normal_(0, 0.02, generator=generator)
+            elif tensor.ndim == 1:
+                tensor.normal_(1, 0.1, generator=generator)
+            else:
+                tensor.normal_(0, 1 / math.sqrt(max(1, tensor[0].numel())), generator=generator)
+    return module.eval()
+
+
 def _filled_pipeline(components: dict, device: torch.device, dtype: torch.dtype) -> MimicBrushPipeline:
     generator = torch.Generator(device).manual_seed(0)
     for module in components.values():
-        module.to_empty(device=device)
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            with torch.no_grad():
-                if not tensor.is_floating_point():  # position ids (to_empty left them uninitialised)
-                    tensor.copy_(torch.arange(tensor.shape[-1], device=device).expand_as(tensor))
-                elif name.endswith(".bias") or tensor.ndim == 1 and not name.endswith("weight"):
-                    tensor.normal_(0, 0.02, generator=generator)
-                elif tensor.ndim == 1:
-                    tensor.normal_(1, 0.1, generator=generator)
-                else:
-                    tensor.normal_(0, 1 / math.sqrt(max(1, tensor[0].numel())), generator=generator)
-        module.to(dtype).eval()
+        fill_random(module, device, dtype, generator)
     pipe = MimicBrushPipeline(**components, scheduler=release_scheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -227,20 +249,50 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+class ComponentTimes:
+    """Per timed module: wall seconds, this process's CPU seconds (all its threads: above the wall
+    time when several cores work, below it when the machine is shared), calls, first call's start.
+    (A plain class: tests load this script by path, where a dataclass cannot find its module.)"""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.first_start: dict[str, float] = {}
+
+    def as_dict(self) -> dict:
+        return {name: {"calls": self.calls[name], "s": round(self.wall[name], 3), "cpu_s": round(self.cpu[name], 3)}
+                for name in self.wall}
+
+
+def unets(pipe) -> dict[str, torch.nn.Module]:
+    return {"reference_unet": pipe.reference_unet, "unet": pipe.unet}
+
+
+def edit_stages(pipe) -> dict[str, torch.nn.Module]:
+    """The modules a single edit is timed by: the encoders, the VAE's encoder and decoder, each U-Net."""
+    return {"image_encoder": pipe.image_encoder, "depth_estimator": pipe.depth_estimator,
+            "depth_guider": pipe.depth_guider, "vae_encoder": pipe.vae.encoder, "vae_decoder": pipe.vae.decoder,
+            **unets(pipe)}
+
+
 @contextmanager
-def component_timer(pipe, device: torch.device, totals: dict):
-    """Add each U-Net's forward time to `totals` (synchronising, so only for a separate run)."""
+def component_timer(modules: dict[str, torch.nn.Module], device: torch.device, times: ComponentTimes):
+    """Add each module's forward time to `times` (synchronising, so only for a separate run)."""
     hooks, starts = [], {}
-    for name in ("reference_unet", "unet"):
-        module = getattr(pipe, name)
+    for name, module in modules.items():
 
         def before(module, args, name=name):
             synchronize(device)
-            starts[name] = time.perf_counter()
+            starts[name] = (time.perf_counter(), time.process_time())
+            times.first_start.setdefault(name, starts[name][0])
 
         def after(module, args, output, name=name):
             synchronize(device)
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts.pop(name)
+            wall, cpu = starts.pop(name)
+            times.wall[name] = times.wall.get(name, 0.0) + time.perf_counter() - wall
+            times.cpu[name] = times.cpu.get(name, 0.0) + time.process_time() - cpu
+            times.calls[name] = times.calls.get(name, 0) + 1
 
         hooks.append(module.register_forward_pre_hook(before))
         hooks.append(module.register_forward_hook(after, always_call=True))  # also on early exit
@@ -310,6 +362,7 @@ def measure_references(pipe, device, args, resolution: int, counts: list[int]) -
         command += ["--small"] if args.small else []
         command += ["--model-config", args.model_config] if args.model_config else []
         command += ["--dtype", args.dtype] if args.dtype else []
+        command += ["--backbone", args.backbone]
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         memory[count] = json.loads(result.stdout)
     first = counts[0]
@@ -385,8 +438,8 @@ def measure(pipe, device, resolution: int, steps: int, repeats: int,
     for name, variant in variants.items():
         median, fixed = statistics.median(seconds[name]), statistics.median(one_step[name])
         per_step = (median - fixed) / max(steps - 1, 1)
-        components: dict[str, float] = {}
-        with component_timer(pipe, device, components):
+        components = ComponentTimes()
+        with component_timer(unets(pipe), device, components):
             timed(variant, steps)
         results[name] = {
             "median_s_per_edit": round(median, 4),
@@ -394,15 +447,77 @@ def measure(pipe, device, resolution: int, steps: int, repeats: int,
             "all_s": [round(value, 4) for value in seconds[name]],
             "ms_per_step": round(1000 * per_step, 2),
             "s_outside_loop": round(fixed - per_step, 4),
-            "components_ms_per_step": {key: round(1000 * total / steps, 2) for key, total in components.items()},
+            "components_ms_per_step": {key: round(1000 * total / steps, 2) for key, total in components.wall.items()},
             "steps": steps,
         }
-        if device.type == "cuda":
-            results[name]["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-            results[name]["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 3)
-        else:
-            results[name]["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+        results[name].update(peak_memory(device))
     return results
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak GPU memory since the last reset (allocated and reserved); on a CPU the process's peak
+    RSS, which only grows."""
+    if device.type == "cuda":
+        return {"peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+                "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
+    return {"process_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def pasted_back(inputs: dict, output) -> dict:
+    """The edit's output against its source: sizes, whether every pixel farther from the mask than
+    the paste-back's feathering is the source's, and whether the masked region changed."""
+    from mimicbrush import editing, imaging
+
+    source_image, mask_image = imaging.load_source_and_mask(inputs["source_image"], inputs["mask_image"])
+    source, mask = np.asarray(source_image), imaging.binary_mask(mask_image).astype(bool)
+    image = np.asarray(output.images[0])
+    same_shape = image.shape == source.shape
+    outside = ~editing.feather_band(mask)
+    return {"size": list(output.images[0].size), "source_size": list(source_image.size),
+            "model_image_size": list(output.model_images[0].size),
+            "outside_mask_unchanged": same_shape and bool(np.array_equal(image[outside], source[outside])),
+            "inside_mask_changed": same_shape and not np.array_equal(image[mask], source[mask])}
+
+
+def single_edit(pipe, device: torch.device, resolution: int, steps: int) -> dict:
+    """One edit (the first in this process: it also computes the per-model constants, the CLIP
+    and depth passes on all-zero inputs), timed by stage and by denoising step, wall and CPU
+    seconds, with its peak memory and its output checked: the source's size, and every pixel
+    outside the mask the source's. For sizes where `measure`'s warm-up and repeats cost too much:
+    the real-size XL on a CPU, minutes a step."""
+    inputs = edit_inputs(resolution)
+    times, step_ends = ComponentTimes(), []
+
+    def step_end(pipe, step, timestep, values):
+        synchronize(device)
+        step_ends.append(time.perf_counter())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_gib() * 2**30
+    synchronize(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with component_timer(edit_stages(pipe), device, times):
+        output = pipe(**inputs, num_inference_steps=steps, guidance_scale=5.0,
+                      generator=torch.Generator("cpu").manual_seed(1), callback_on_step_end=step_end)
+    synchronize(device)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    memory = peak_memory(device)
+    peak = memory.get("peak_allocated_gib", memory.get("process_peak_rss_gib")) * 2**30
+    loop_start = min(times.first_start[name] for name in unets(pipe))
+    step_seconds = np.diff([loop_start, *step_ends])
+    return {
+        "steps": steps,
+        "s_per_edit": round(wall, 3),
+        "cpu_s_per_edit": round(cpu, 3),
+        "s_per_step": round(float(np.mean(step_seconds)), 3),
+        "all_step_s": [round(float(value), 3) for value in step_seconds],
+        "s_outside_loop": round(wall - float(np.sum(step_seconds)), 3),
+        "stages": times.as_dict(),
+        **memory,
+        "edit_gib": round((peak - before) / 2**30, 3),
+        "output": pasted_back(inputs, output),
+    }
 
 
 def main(argv=None) -> int:
@@ -410,7 +525,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else the CPU), cpu, cuda, mps")
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                         help="default fp16 on CUDA and MPS, fp32 on the CPU (mimicbrush.devices)")
-    parser.add_argument("--small", action="store_true", help="narrow model (CPU-sized), resolution 256")
+    parser.add_argument("--small", action="store_true", help="narrow model (CPU-sized), resolution 256; with "
+                        "--backbone sdxl the XL structure in miniature at 64²")
+    parser.add_argument("--backbone", choices=["sd15", "sdxl"], default="sd15",
+                        help="sdxl: SDXL's U-Nets at 1024² (random_xl_pipeline) in place of SD-1.5's at 512²")
     parser.add_argument("--model-config", help="a training config whose model: section (freshly initialised, at "
                         "its data resolution) is timed instead, e.g. configs/demo-model.yaml")
     parser.add_argument("--steps", type=int, default=50)
@@ -421,6 +539,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sequential-steps", type=int, default=3, help="steps for offload-sequential (slow)")
     parser.add_argument("--references", help="comma list of reference counts, e.g. 1,2,4: time and memory "
                         "of the default path with that many references, instead of --modes")
+    parser.add_argument("--single-edit", action="store_true", help="one edit of --steps steps instead of "
+                        "--modes, timed by stage and step with its peak memory and output checked (the real-size "
+                        "XL on a CPU: minutes a step)")
     parser.add_argument("--memory-of-references", type=int, help=argparse.SUPPRESS)  # the child of --references
     parser.add_argument("--dtypes", help="comma list of dtypes, e.g. fp32,fp16,bf16: the default path's time in "
                         "each (the same weights), interleaved, as a multiple of the first's, instead of --modes")
@@ -439,10 +560,16 @@ def main(argv=None) -> int:
         modes = [mode for mode in modes if not mode.startswith("offload")]
 
     diffusers_logging.set_verbosity_error()  # casting random modules warns once per module
+    load_start, load_cpu_start = time.perf_counter(), time.process_time()
     if args.model_config:
         pipe = configured_pipeline(args.model_config, device, dtype)
+    elif args.backbone == "sdxl":
+        pipe = random_xl_pipeline("tiny" if args.small else "full", device, dtype)
     else:
         pipe = random_pipeline(size, device, dtype)
+    synchronize(device)
+    load = {"s": round(time.perf_counter() - load_start, 2), "cpu_s": round(time.process_time() - load_cpu_start, 2),
+            **peak_memory(device)}
     resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [pipe.resolution]
     if args.memory_of_references:
         print(json.dumps(reference_memory(pipe, device, resolutions[0], args.steps, args.memory_of_references)))
@@ -453,11 +580,23 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "dtype": str(dtype).removeprefix("torch."),
         "model": (f"{args.model_config} (fresh initialisation)" if args.model_config
-                  else "small" if args.small else "SD-1.5 sizes (random weights)"),
+                  else f"SDXL backbone, {'tiny' if args.small else 'real'} sizes (random weights)"
+                  if args.backbone == "sdxl" else "small" if args.small else "SD-1.5 sizes (random weights)"),
+        "parameters": {name: sum(p.numel() for p in module.parameters())
+                       for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)},
+        "load": load,
         "steps": args.steps,
         "repeats": args.repeats,
         "results": {},
     }
+    if args.single_edit:
+        del report["repeats"], report["results"]
+        # on a shared machine the wall time includes waiting for a core: the load average says how busy it was
+        report["load_average_before"] = [round(value, 2) for value in os.getloadavg()]
+        report["single_edit"] = {str(resolution): single_edit(pipe, device, resolution, args.steps)
+                                 for resolution in resolutions}
+        report["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+        return write_report(report, args.output)
     if args.dtypes:
         names = args.dtypes.split(",")
         print(f"timing {', '.join(names)} at {resolutions[0]} ...", file=sys.stderr)

@@ -21,7 +21,10 @@ Sections, in this order, each under its own time cap and all under --budget seco
   training     SD-1.5-sized U-Nets in the trainer's objective under bf16 autocast, batch 1, 4 and 8,
                without and with gradient checkpointing: seconds per step and peak memory (running
                out of memory at a size is a result)
-  xl           a 1024² fp16 edit with the SDXL backbone (random weights)
+  xl           MimicBrush-XL at real size (bench_inference.random_xl_pipeline: two 2.57 B-parameter
+               SDXL U-Nets, random weights), a 1024² 50-step fp16 edit: the build's seconds, one
+               edit by stage and step (peak GPU memory, paste-back checked), then the fast path's
+               median of 2 after a warm-up: seconds per edit, ms per step, peak GPU memory
 
 `--rehearse` runs every section at tiny sizes on the CPU, in the same code: the check cannot rot
 between the rare GPU lendings (CI runs it: tests/test_gpu_check.py). There CUDA becomes the CPU
@@ -44,7 +47,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
@@ -104,6 +106,7 @@ class Plan:
     train_batches: tuple[int, ...]
     train_steps: int  # timed optimizer steps per configuration, after one warm-up step
     xl_size: str
+    xl_repeats: int  # timed edits of the xl section after bench_inference's warm-up (and its single edit)
     caps: dict[str, float] = field(default_factory=dict)
     budget_s: float = 360.0
 
@@ -114,7 +117,7 @@ GPU_PLAN = Plan(
     parity_cases=("tiny_a", "tiny_b", "tiny_c"), parity_steps=None, parity_resolution=None,
     parity_depth_input_size=None,
     fewer_steps=(("unipc", 12), ("euler", 8)), offload_steps=(("model", 10), ("sequential", 3)),
-    batch_edits=8, train_resolution=512, train_batches=(1, 4, 8), train_steps=3, xl_size="full",
+    batch_edits=8, train_resolution=512, train_batches=(1, 4, 8), train_steps=3, xl_size="full", xl_repeats=2,
     caps={"parity": 90, "speed": 160, "fewer-steps": 40, "memory": 75, "batch": 75, "training": 90, "xl": 90},
     budget_s=360,
 )
@@ -128,7 +131,7 @@ REHEARSAL_PLAN = Plan(
     # ViT-S depth model costs nothing instead of most of the section
     parity_cases=("tiny_a",), parity_steps=2, parity_resolution=64, parity_depth_input_size=56,
     fewer_steps=(("unipc", 2), ("euler", 2)), offload_steps=(("model", 2), ("sequential", 2)),
-    batch_edits=2, train_resolution=64, train_batches=(1, 2), train_steps=1, xl_size="tiny",
+    batch_edits=2, train_resolution=64, train_batches=(1, 2), train_steps=1, xl_size="tiny", xl_repeats=1,
     # about 47 CPU seconds in all (measured on the shared 2-core machine); the caps leave room for a busy one
     caps={name: 120 for name in SECTION_NAMES}, budget_s=480,
 )
@@ -204,15 +207,6 @@ def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> dict:
-    """Peak GPU memory since the last reset_peak; on the CPU (rehearsal) the process's peak RSS,
-    which only grows: not a GPU figure."""
-    if device.type == "cuda":
-        return {"peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / GIB, 3),
-                "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / GIB, 3)}
-    return {"process_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
 def free(device: torch.device) -> None:
@@ -636,21 +630,35 @@ def train_steps(device: torch.device, step: Callable[[dict], None], probe: dict,
             bench.synchronize(device)
             seconds.append(time.perf_counter() - start)
     except torch.OutOfMemoryError:
-        return {"outcome": "out of memory", **peak_memory(device)}
+        return {"outcome": "out of memory", **bench.peak_memory(device)}
     median = statistics.median(seconds)
     return {"outcome": "ran", "s_per_step": round(median, 3), "all_s": [round(value, 3) for value in seconds],
-            "samples_per_s": round(batch_size / median, 2), **peak_memory(device)}
+            "samples_per_s": round(batch_size / median, 2), **bench.peak_memory(device)}
 
 
 def check_xl(ctx: Context, result: dict) -> None:
+    """The SDXL backbone's edit: build (timed), one edit by stage and step (bench_inference's
+    single_edit: the first, with its peak memory and its paste-back checked), then the fast path's
+    median. Each is recorded as it ends, so a time cap keeps what was measured."""
     if not bench.sdxl_backbone_available():
         raise Skipped("no SDXL backbone in this package")
     plan, device = ctx.plan, ctx.device
+    ctx.say(f"xl: building the {plan.xl_size} SDXL-backbone pipeline ({plan.dtype})")
+    start = time.perf_counter()
     pipe = bench.random_xl_pipeline(plan.xl_size, device, DTYPES[plan.dtype])
-    result.update(resolution=pipe.resolution, steps=plan.steps, dtype=plan.dtype)
-    ctx.say(f"xl: fast at {pipe.resolution}²")
-    timing = bench.measure(pipe, device, pipe.resolution, plan.steps, plan.repeats, {"fast": (False, None)})
-    result["fast"] = timing["fast"]
+    bench.synchronize(device)
+    result.update(model=f"bench_inference.random_xl_pipeline {plan.xl_size!r} (random weights)",
+                  build_s=round(time.perf_counter() - start, 1), resolution=pipe.resolution, steps=plan.steps,
+                  dtype=plan.dtype, repeats=plan.xl_repeats,
+                  unet_parameters={name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                                   for name in ("unet", "reference_unet")})
+    ctx.say(f"xl: one edit by stage at {pipe.resolution}²")
+    with item(result, "single_edit", device):
+        result["single_edit"] = bench.single_edit(pipe, device, pipe.resolution, plan.steps)
+    ctx.say(f"xl: fast at {pipe.resolution}², median of {plan.xl_repeats}")
+    with item(result, "fast", device):
+        result["fast"] = bench.measure(pipe, device, pipe.resolution, plan.steps, plan.xl_repeats,
+                                       {"fast": (False, None)})["fast"]
 
 
 SECTIONS: dict[str, Callable[[Context, dict], None]] = {
@@ -849,10 +857,24 @@ def _training_rows(result: dict) -> list[list[str]]:
 
 
 def _xl_rows(result: dict) -> list[list[str]]:
-    if "fast" not in result:
-        return []
-    return [_row(f"fast, {result['steps']} steps at {result['resolution']}²", result["fast"],
-                 lambda entry: [_timing(entry), _gib(entry), ""])]
+    rows = []
+    if "single_edit" in result:
+        def stages(entry: dict) -> list[str]:
+            per_call = {name: stage["s"] / stage["calls"] for name, stage in entry["stages"].items()}
+            output = entry["output"]
+            note = (f"built in {result['build_s']} s; reference U-Net {per_call['reference_unet']:.3f} s, "
+                    f"imitative {per_call['unet']:.3f} s a call, VAE decode {per_call['vae_decoder']:.2f} s; "
+                    f"output {'x'.join(map(str, output['size']))}, outside the mask "
+                    f"{'kept' if output['outside_mask_unchanged'] else 'CHANGED'}")
+            timing = f"{entry['s_per_edit']:.3f} s / edit, {entry['s_per_step'] * 1000:.1f} ms / step"
+            return [timing, _gib(entry), note]
+
+        rows.append(_row(f"one edit by stage, {result['steps']} steps at {result['resolution']}²",
+                         result["single_edit"], stages))
+    if "fast" in result:
+        rows.append(_row(f"fast, {result['steps']} steps at {result['resolution']}²", result["fast"],
+                         lambda entry: [_timing(entry), _gib(entry), ""]))
+    return rows
 
 
 ROWS = {"parity": _parity_rows, "speed": _speed_rows, "fewer-steps": _fewer_steps_rows, "memory": _memory_rows,

@@ -60,8 +60,9 @@ from transformers import (
     Dinov2Config,
 )
 
-from mimicbrush import DepthGuider, ImageProjection
+from mimicbrush import DepthGuider, ImageProjection, PooledProjection
 from mimicbrush.fileio import write_atomic
+from mimicbrush.models.backbone import TIME_IDS, pooled_width
 from mimicbrush.models.depth import estimate_depth
 from mimicbrush.models.image_encoder import penultimate_hidden_states
 from mimicbrush.models.reference_attention import BankComplete, ReferenceBank, attach_reference_attention
@@ -97,7 +98,6 @@ DEPTH_ANYTHING_BASE = dict(  # LiheYoung/depth-anything-base-hf
                   out_indices=[9, 10, 11, 12], apply_layernorm=True, reshape_hidden_states=False),
     reassemble_hidden_size=768, neck_hidden_sizes=[96, 192, 384, 768], fusion_hidden_size=128,
 )
-SDXL_TIME_IDS = 6  # (original h, w, crop top, left, target h, w)
 
 
 @dataclass(frozen=True)
@@ -149,11 +149,9 @@ def build_components(backbone: Backbone) -> dict[str, torch.nn.Module]:
             "depth_guider": DepthGuider(resolution=backbone.resolution),
         }
         if backbone.pooled_projection:
-            # PooledProjection: Linear(encoder hidden → the pooled width the added embedding takes,
-            # 2816 − 6·256 = 1280), fed with the CLS token of the penultimate CLIP layer
-            time_ids = SDXL_TIME_IDS * backbone.unet["addition_time_embed_dim"]
-            components["pooled_proj"] = torch.nn.Linear(
-                encoder, backbone.unet["projection_class_embeddings_input_dim"] - time_ids)
+            # encoder hidden → the pooled width the added embedding takes (2816 − 6·256 = 1280),
+            # fed with the CLS token of the penultimate CLIP layer
+            components["pooled_proj"] = PooledProjection(encoder, pooled_width(components["unet"].config))
     return components
 
 
@@ -294,6 +292,16 @@ class StepTrace:
     largest_block_bytes: int  # the largest checkpointable block's own saved bytes (without checkpointing)
 
 
+def checkpointing_under(policy: GpuKernelPolicy):
+    """diffusers' own checkpointing function (non-reentrant), with the policy re-applied when the
+    backward recomputes a block, as torch.utils.checkpoint re-applies autocast."""
+    def checkpoint(module, *args):
+        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False,
+                                                 context_fn=lambda: (nullcontext(), policy))
+
+    return checkpoint
+
+
 def trace_step(backbone: Backbone, encoded: Encoded, trainable: tuple[str, ...], precision: str,
                checkpointing: bool, backward: bool = True) -> StepTrace:
     """The trainable part of one training sample's step (reference kept, depth on: every path
@@ -315,15 +323,9 @@ def trace_step(backbone: Backbone, encoded: Encoded, trainable: tuple[str, ...],
     saved.exclude(p for module in components.values() for p in module.parameters())
     policy = GpuKernelPolicy(autocast=precision == "autocast", on_weight_copy=lambda copy: saved.exclude([copy]))
     if checkpointing:
-        # diffusers' own checkpointing (non-reentrant), with the policy re-applied when the
-        # backward recomputes a block, as torch.utils.checkpoint re-applies autocast
-        def checkpoint(module, *args):
-            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False,
-                                                     context_fn=lambda: (nullcontext(), policy))
-
         for role in trainable:
             if getattr(components[role], "_supports_gradient_checkpointing", False):
-                components[role].enable_gradient_checkpointing(checkpoint)
+                components[role].enable_gradient_checkpointing(checkpointing_under(policy))
     handles = [] if checkpointing else saved.track_blocks(components)
     counters: dict[str, FlopCounterMode] = {}
 
@@ -344,7 +346,7 @@ def trace_step(backbone: Backbone, encoded: Encoded, trainable: tuple[str, ...],
         if backbone.pooled_projection:
             with phase("pooled_proj"):
                 pooled = components["pooled_proj"](encoded.tokens[:, 0])
-            added = {"text_embeds": pooled, "time_ids": torch.empty(1, SDXL_TIME_IDS, device="meta")}
+            added = {"text_embeds": pooled, "time_ids": torch.empty(1, TIME_IDS, device="meta")}
         with phase("depth_guider"):
             depth_feature = components["depth_guider"](encoded.depth_map, backbone.resolution)
         timestep = torch.empty(1, device="meta", dtype=torch.long)
@@ -442,8 +444,8 @@ def plain_unet_tflop(backbone: Backbone, tokens: int) -> float:
     unet = build_unet(backbone, 4).to(torch.bfloat16)
     side = backbone.resolution // 8
     meta = dict(device="meta", dtype=torch.bfloat16)
-    added = ({"text_embeds": torch.empty(1, backbone.image_encoder["hidden_size"], **meta),
-              "time_ids": torch.empty(1, SDXL_TIME_IDS, **meta)} if backbone.pooled_projection else None)
+    added = ({"text_embeds": torch.empty(1, pooled_width(unet.config), **meta),
+              "time_ids": torch.empty(1, TIME_IDS, **meta)} if backbone.pooled_projection else None)
     with torch.no_grad(), GpuKernelPolicy(autocast=False), FlopCounterMode(display=False) as counter:
         unet(torch.empty(1, 4, side, side, **meta), torch.empty(1, device="meta", dtype=torch.long),
              torch.empty(1, tokens, backbone.unet["cross_attention_dim"], **meta), added_cond_kwargs=added)

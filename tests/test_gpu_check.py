@@ -91,6 +91,15 @@ def test_rehearsal_results_have_the_gpu_questions_fields(rehearsal):
         (1, False), (2, False), (1, True), (2, True)]
     assert all(entry["outcome"] == "ran" and entry["s_per_step"] > 0 for entry in configurations.values())
 
+    xl = sections["xl"]
+    if report["sections"]["xl"]["status"] == "ok":  # the package has the SDXL backbone
+        edit = xl["single_edit"]
+        assert edit["output"] == {"size": [640, 480], "source_size": [640, 480], "model_image_size": [64, 64],
+                                  "outside_mask_unchanged": True, "inside_mask_changed": True}
+        assert edit["stages"]["unet"]["calls"] == edit["stages"]["reference_unet"]["calls"] == 3
+        assert edit["stages"]["vae_decoder"]["calls"] == 1 and edit["s_per_step"] > 0
+        assert xl["fast"]["ms_per_step"] > 0 and xl["unet_parameters"]["unet"] > xl["unet_parameters"]["reference_unet"]
+
 
 def test_rehearsal_writes_the_markdown_tables(rehearsal, gpu_check):
     _, report, out = rehearsal
@@ -101,6 +110,8 @@ def test_rehearsal_writes_the_markdown_tables(rehearsal, gpu_check):
     rows = [line for line in table.splitlines() if line.startswith("| speed | ")]
     assert "matrix product" in rows[1] and sum("× the floor" in row for row in rows) == 4  # the peak, 4 modes
     assert "| training | batch 2, checkpointing on |" in table
+    if report["sections"]["xl"]["status"] == "ok":
+        assert "| xl | one edit by stage, 3 steps at 64² |" in table and "outside the mask kept" in table
 
 
 def test_a_failing_section_is_recorded_and_the_others_go_on(gpu_check, tmp_path, capsys):

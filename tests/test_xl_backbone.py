@@ -5,7 +5,6 @@ saves, loads and edits like any other."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from mimicbrush import MimicBrushPipeline
 from mimicbrush.errors import WeightsError
 from mimicbrush.models.reference_attention import ReferenceReadProcessor, reference_block_names
+from benchmark_scripts import load_benchmark
 from test_pipeline import edit, images  # noqa: F401  (2 steps, the box 10,5,40,30, seed 0)
 from test_train_support import one_thread  # noqa: F401
 from tiny_models import XL_POOLED_WIDTH, tiny_pipeline, tiny_xl_components, tiny_xl_pipeline
@@ -21,7 +21,6 @@ from tiny_models import XL_POOLED_WIDTH, tiny_pipeline, tiny_xl_components, tiny
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BOX = "10,5,40,30"  # test_pipeline.edit's
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +91,13 @@ def test_each_imitative_layer_reads_the_same_named_reference_layer(pipe, sources
 def test_sdxl_sized_unets_pair_their_46_layers_by_name():
     """SDXL's own U-Net configs (benchmarks/bench_inference.py's, on the meta device): 46 of their
     70 self-attention layers take part, up to 10 per block, each reader with its namesake."""
-    import importlib.util
-
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
     from mimicbrush.models.reference_attention import (ReferenceBank, ReferenceWriteProcessor,
                                                        attach_reference_attention)
 
-    spec = importlib.util.spec_from_file_location("bench_inference", BENCHMARKS / "bench_inference.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_inference")
     with init_empty_weights():
         unet, reference = (UNet2DConditionModel(in_channels=channels, **bench.XL_SIZES["full"]["unet"])
                            for channels in (13, 4))
