@@ -3,24 +3,20 @@ checks issue #22's target (XL's gain above zero and at least half the 1.5 arm's)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_benchmark
 from mimicbrush.errors import ConfigError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-SCRIPT = REPOSITORY / "benchmarks" / "xl_imitation_compare.py"
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("xl_imitation_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("xl_imitation_compare")
 
 
 def without(document: dict, *paths: str) -> dict:
