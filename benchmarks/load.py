@@ -108,12 +108,17 @@ def serve(options: list[str], cache: Path, log: Path, auth: tuple[str, str] | No
                 time.sleep(0.5)
         yield App(url, process, cache, auth)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop(process)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """A server this script started: politely, then for good."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------

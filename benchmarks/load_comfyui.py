@@ -32,6 +32,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import stop  # noqa: E402 (the app's load script: one way to stop a server)
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "comfyui" / "workflows" / "motorcycle-tank.api.json"
 EDIT_NODE = "5"  # MimicBrush Edit in the example workflows
@@ -191,11 +194,7 @@ def main(argv=None) -> int:
         rss_ready = tree_rss_mb(server.pid)
         figures = run_queue(base, server.pid, args)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     log = (work / "server.log").read_text(errors="replace")
     figures = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "server_ready_s": round(ready_s, 1),
                "rss_mb_ready": round(rss_ready, 1), "model_loads": log.count(LOADED), "steps": args.steps,
