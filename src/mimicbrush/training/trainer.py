@@ -453,8 +453,8 @@ def make_optimizer(optim: OptimConfig, parameters: list[torch.nn.Parameter]) -> 
         try:
             import bitsandbytes
         except ImportError:
-            raise ConfigError("optim.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes, "
-                              "CUDA only), or use adamw") from None
+            raise ConfigError("optim.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
+                              "or use adamw") from None
         optimizer_class = bitsandbytes.optim.AdamW8bit
     else:
         optimizer_class = torch.optim.AdamW
