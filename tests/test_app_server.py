@@ -4,9 +4,7 @@ a mimicbrush-artifacts folder in the temp dir) for CI to keep."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("gradio", reason="the app extra (gradio) is not installed: pip install -e '.[app]'")
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed (the test extra)")
@@ -24,7 +23,6 @@ pytestmark = pytest.mark.slow
 
 FEATHER = 10  # imaging.feather_mask: no blend farther than this from the mask
 CHROMIUM = os.environ.get("MIMICBRUSH_CHROMIUM", "/usr/bin/chromium")
-LOAD_SCRIPT = Path(__file__).parent.parent / "benchmarks" / "load.py"
 
 
 def artifacts_dir() -> Path:
@@ -44,18 +42,10 @@ def demo_model() -> str:
 LOGIN = ("alice", "correct horse battery staple")  # from --auth-file; "bob" comes from --auth
 
 
-def load_benchmark():
-    """benchmarks/load.py: the same server and load code the documented figures come from."""
-    spec = importlib.util.spec_from_file_location("load_benchmark", LOAD_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def load():
-    return load_benchmark()
+    """benchmarks/load.py: the same server and load code the documented figures come from."""
+    return load_benchmark("load")
 
 
 @pytest.fixture(scope="module")

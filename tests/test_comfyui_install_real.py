@@ -20,7 +20,6 @@ the installed package won. Figures go to stdout (pytest -s) and to MIMICBRUSH_CO
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 from test_comfyui_real import (EDIT_NODE, PYTHON, cli_edit, drive, get, running_comfyui, saved, server_env,
                                workflow)
 
@@ -45,12 +45,9 @@ def has_mimicbrush(env: dict) -> bool:
     return subprocess.run([PYTHON, "-c", "import mimicbrush"], env=env, capture_output=True).returncode == 0
 
 
-def load_benchmark():
+def load_queue_benchmark():
     """benchmarks/load_comfyui.py: its way of putting the pack into custom_nodes/, and the queue."""
-    spec = importlib.util.spec_from_file_location("load_comfyui", REPO / "benchmarks" / "load_comfyui.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("load_comfyui")
 
 
 def frozen(env: dict) -> dict[str, str]:
@@ -104,7 +101,7 @@ def report(figures: dict) -> None:
 def work(tmp_path_factory) -> tuple[Path, Path]:
     """A ComfyUI work folder with the pack cloned into custom_nodes/mimicbrush."""
     work = tmp_path_factory.mktemp("comfyui-install")
-    return work, load_benchmark().install_pack(work)
+    return work, load_queue_benchmark().install_pack(work)
 
 
 def test_manager_install_into_custom_nodes(work, tmp_path):
@@ -166,7 +163,7 @@ def test_installed_too_registers_the_nodes_once(work, tmp_path):
 def test_the_queue_benchmark_on_a_short_queue(tmp_path):
     """benchmarks/load_comfyui.py end to end on 6 prompts (docs/reliability.md has the 50-prompt run)."""
     output = tmp_path / "load-comfyui.json"
-    status = load_benchmark().main(["--python", PYTHON, "--prompts", "6", "--steps", "2", "--long-steps", "300",
+    status = load_queue_benchmark().main(["--python", PYTHON, "--prompts", "6", "--steps", "2", "--long-steps", "300",
                                     "--work", str(tmp_path / "work"), "-o", str(output)])
     figures = json.loads(output.read_text())
     assert figures["interrupted"] == [3] and figures["succeeded"] == 5 and figures["model_loads"] == 1, figures

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +27,7 @@ from mimicbrush.training.checkpoint import STATE_FILE, CheckpointStore, TrainerS
 from mimicbrush.training.trainer import Trainer, build_training_model, model_fingerprint, place_for_training
 from mimicbrush.training.zero import configure_deepspeed
 from test_train_model import sample_batch
+from benchmark_scripts import load_benchmark
 from test_train_support import (CONFIGS, SHARED, one_thread, state_of, tiny_document, tiny_xl_model,  # noqa: F401
                                 write_config)
 
@@ -189,11 +189,7 @@ def test_checkpoints_from_before_deepspeed_read_as_saved_without_it(tmp_path):
 
 
 def load_comparison_script():
-    path = Path(__file__).parent.parent / "benchmarks" / "deepspeed_vs_ddp.py"
-    spec = importlib.util.spec_from_file_location("deepspeed_vs_ddp", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("deepspeed_vs_ddp")
 
 
 def opt_in_reason() -> str | None:

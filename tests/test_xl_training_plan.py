@@ -2,26 +2,18 @@
 single ops with known answers, and the plan's invariants on a tiny SDXL-shaped backbone (the full
 run takes minutes; docs/training.md quotes it)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "xl_training_plan.py"
 SDXL_UNET_PARAMETERS = 2_567_463_684  # stabilityai/stable-diffusion-xl-base-1.0 unet, as published
 
 
 @pytest.fixture(scope="module")
 def plan():
-    spec = importlib.util.spec_from_file_location("xl_training_plan", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return load_benchmark("xl_training_plan")
 
 
 @pytest.fixture(scope="module")
